@@ -1,1 +1,267 @@
-fn main() {}
+//! `driftwatch-agent`: the command line. Parsing, output and exit codes
+//! live here; everything else is in the library.
+//!
+//! Exit codes (one policy for every subcommand):
+//! - 0: success; for `verify`, no drift and every entry verified.
+//! - 1: `verify` found drift.
+//! - 2: error: unusable manifest, root, policy or arguments.
+//! - 3: `verify` found no drift, but some entries could not be verified.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use driftwatch_agent::bake::{self, read_manifest};
+use driftwatch_agent::policy::Policy;
+use driftwatch_agent::scan::{ContentMode, ScanOptions, default_threads};
+use driftwatch_agent::summary::Summary;
+use driftwatch_agent::verify;
+use driftwatch_proto::Provenance;
+
+const EXIT_DRIFT: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+const EXIT_INCOMPLETE: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(name = "driftwatch-agent", version, about = "Bake an image manifest; verify a host against it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Record what an image contains (run as the last step of an image build).
+    Bake {
+        /// The image's root file system.
+        #[arg(long)]
+        root: PathBuf,
+        /// Where to write the manifest.
+        #[arg(long)]
+        out: PathBuf,
+        /// Policy file (TOML): exclusions and runtime zones.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        image_id: String,
+        #[arg(long, default_value = "")]
+        image_version: String,
+        #[arg(long, default_value = "")]
+        source_commit: String,
+        #[command(flatten)]
+        scan: ScanArgs,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Compare a live root and its packages with a manifest, both ways.
+    Verify {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Override the policy baked into the manifest (the report says so).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Compare metadata (type, mode, owner, size, mtime, ...) without
+        /// hashing content. Faster, but blind to a change that keeps size and
+        /// mtime.
+        #[arg(long)]
+        metadata_only: bool,
+        #[command(flatten)]
+        scan: ScanArgs,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Show a manifest's provenance, counts, policy and digest.
+    Inspect {
+        manifest: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ScanArgs {
+    /// Worker threads [default: 4 per core, at most 32].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+    /// Do not descend into other file systems mounted below the root.
+    #[arg(long)]
+    one_file_system: bool,
+}
+
+impl ScanArgs {
+    fn options(&self, content: ContentMode) -> ScanOptions {
+        ScanOptions {
+            threads: self.threads.map_or_else(default_threads, usize::from),
+            content,
+            one_file_system: self.one_file_system,
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        // A reader that went away (`| head`) is not an error worth a message.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_ERROR),
+        Err(e) => {
+            eprintln!("driftwatch-agent: error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Bake {
+            root,
+            out,
+            policy,
+            image_id,
+            image_version,
+            source_commit,
+            scan,
+            format,
+        } => {
+            let policy = load_policy(policy.as_deref())?.unwrap_or_else(Policy::builtin);
+            let provenance = Provenance {
+                image_id,
+                image_version,
+                source_commit,
+                build_time_unix: build_time()?,
+                tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let baked = bake::bake(&root, &policy, provenance, &scan.options(ContentMode::Hash))?;
+            bake::write_manifest(&out, &baked.encoded.bytes)?;
+            warn_if_manifest_inside_root(&root, &out, &policy);
+            let summary = Summary {
+                manifest: &baked.manifest,
+                digest: baked.encoded.digest,
+                bytes: baked.encoded.bytes.len(),
+            };
+            match format {
+                Format::Json => {
+                    let mut json_out = summary.to_json();
+                    json_out["out"] = out.display().to_string().into();
+                    json_out["files_hashed"] = baked.files_hashed.into();
+                    json_out["bytes_hashed"] = baked.bytes_hashed.into();
+                    emit(&json(&json_out)?)?;
+                }
+                Format::Text => {
+                    emit(&format!("wrote {}\n{}", out.display(), summary.to_text()))?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Verify {
+            root,
+            manifest,
+            policy,
+            metadata_only,
+            scan,
+            format,
+        } => {
+            let policy = load_policy(policy.as_deref())?;
+            let manifest = read_manifest(&manifest)?;
+            let content = if metadata_only { ContentMode::MetadataOnly } else { ContentMode::Hash };
+            let report = verify::verify(&root, &manifest, policy.as_ref(), &scan.options(content))?;
+            match format {
+                Format::Json => emit(&json(&report.to_json())?)?,
+                Format::Text => emit(&report.to_text())?,
+            }
+            Ok(if report.has_drift() {
+                EXIT_DRIFT
+            } else if !report.is_complete() {
+                EXIT_INCOMPLETE
+            } else {
+                0
+            })
+        }
+        Command::Inspect { manifest, format } => {
+            let bytes = std::fs::read(&manifest)
+                .with_context(|| format!("cannot read manifest {}", manifest.display()))?;
+            let decoded = driftwatch_proto::manifest::codec::decode(&bytes)
+                .with_context(|| manifest.display().to_string())?;
+            let summary = Summary {
+                manifest: &decoded.manifest,
+                digest: decoded.digest,
+                bytes: bytes.len(),
+            };
+            match format {
+                Format::Json => emit(&json(&summary.to_json())?)?,
+                Format::Text => emit(&summary.to_text())?,
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Writes command output, surfacing a closed pipe as an error instead of
+/// the panic `println!` gives.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn json(value: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
+}
+
+fn load_policy(path: Option<&Path>) -> anyhow::Result<Option<Policy>> {
+    Ok(path.map(Policy::load).transpose()?)
+}
+
+/// The build time: `SOURCE_DATE_EPOCH` when set (the reproducible-builds
+/// convention, which makes two bakes of one tree byte-identical), else now.
+fn build_time() -> anyhow::Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)),
+    }
+}
+
+/// A manifest written inside the root it describes shows up as an added
+/// file at verify time unless the policy expects it there.
+fn warn_if_manifest_inside_root(root: &Path, out: &Path, policy: &Policy) {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(root), Some(parent)) = (std::fs::canonicalize(root), out.parent()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let Ok(dir) = std::fs::canonicalize(parent) else {
+        return;
+    };
+    let Ok(rel) = dir.join(out.file_name().unwrap_or_default()).strip_prefix(&root).map(Path::to_path_buf) else {
+        return;
+    };
+    let rel = rel.as_os_str().as_bytes();
+    if !policy.is_excluded(rel) && !policy.in_runtime_zone(rel) {
+        eprintln!(
+            "driftwatch-agent: warning: the manifest was written inside the root at {} and will be reported as added; \
+             keep it under var/lib/driftwatch (a runtime zone by default) or outside the root",
+            String::from_utf8_lossy(rel)
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! How raw byte paths are shown.
+//!
+//! Paths on Linux are bytes, and a manifest keeps them exactly. People and
+//! JSON consumers get text: [`display`] for terminals, and [`JsonPath`] for
+//! JSON, which adds `path_base64` with the exact bytes whenever the name is
+//! not valid UTF-8, so nothing is lost.
+
+use base64::Engine;
+
+/// A path for a terminal: the root is `.`, invalid UTF-8 and control
+/// characters are escaped (`\xNN`) so a hostile file name cannot rewrite the
+/// operator's screen.
+pub fn display(path: &[u8]) -> String {
+    if path.is_empty() {
+        return ".".to_string();
+    }
+    let mut out = String::with_capacity(path.len());
+    for chunk in path.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The JSON form of a path: `path` always (lossy for invalid UTF-8, the
+/// root as `.`), and `path_base64` with the exact bytes when `path` is lossy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JsonPath {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_base64: Option<String>,
+}
+
+impl JsonPath {
+    pub fn new(path: &[u8]) -> JsonPath {
+        if path.is_empty() {
+            return JsonPath {
+                path: ".".into(),
+                path_base64: None,
+            };
+        }
+        match std::str::from_utf8(path) {
+            Ok(text) => JsonPath {
+                path: text.to_string(),
+                path_base64: None,
+            },
+            Err(_) => JsonPath {
+                path: String::from_utf8_lossy(path).into_owned(),
+                path_base64: Some(base64::engine::general_purpose::STANDARD.encode(path)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn displays_escaped() {
+        assert_eq!(display(b""), ".");
+        assert_eq!(display(b"etc/passwd"), "etc/passwd");
+        assert_eq!(display(b"caf\xe9\n"), "caf\\xe9\\n");
+    }
+
+    #[test]
+    fn json_is_lossless() {
+        let p = JsonPath::new(b"caf\xe9");
+        assert_eq!(p.path, "caf\u{fffd}");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(p.path_base64.unwrap())
+            .unwrap();
+        assert_eq!(bytes, b"caf\xe9");
+        assert!(JsonPath::new("café".as_bytes()).path_base64.is_none());
+    }
+}

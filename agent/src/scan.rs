@@ -1,0 +1,610 @@
+//! The parallel walk that records every entry under a root.
+//!
+//! Worker threads share one LIFO job stack holding two kinds of work: list
+//! a directory, or hash a file. Listing pushes the directory's files and
+//! subdirectories as jobs, so a directory with thousands of large files is
+//! hashed by every worker at once instead of by the one that listed it, and
+//! LIFO order keeps the walk depth-first. Each worker keeps its own results
+//! (no shared state besides the stack) and they are merged and sorted at the
+//! end, which is what makes the output independent of thread timing.
+//!
+//! Symlinks are recorded, never followed, so loops and links leaving the
+//! root are harmless. FIFOs, sockets and devices are recorded from `lstat`
+//! and never opened. Anything that cannot be listed, stat'ed or read is
+//! recorded in [`Scan::unverified`] with the reason; nothing is dropped in
+//! silence.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use driftwatch_proto::{Entry, EntryKind, Unverified};
+use rustix::fs::{FileType, Stat};
+
+use crate::hash::{self, HashError};
+use crate::policy::Policy;
+
+/// The metadata the scan uses, from one `lstat` or `fstat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub rdev: u64,
+}
+
+impl Meta {
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    pub fn from_stat(st: &Stat) -> Meta {
+        let kind = match FileType::from_raw_mode(st.st_mode as _) {
+            FileType::RegularFile => EntryKind::File,
+            FileType::Directory => EntryKind::Dir,
+            FileType::Symlink => EntryKind::Symlink,
+            FileType::Fifo => EntryKind::Fifo,
+            FileType::Socket => EntryKind::Socket,
+            FileType::CharacterDevice => EntryKind::CharDevice,
+            FileType::BlockDevice => EntryKind::BlockDevice,
+            // The kernel reports only the types above; treat anything else
+            // as the most opaque type so it is never opened.
+            FileType::Unknown => EntryKind::Socket,
+        };
+        Meta {
+            kind,
+            mode: (st.st_mode as u32) & 0o7777,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_sec: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            ctime_sec: st.st_ctime as i64,
+            ctime_nsec: st.st_ctime_nsec as u32,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            nlink: st.st_nlink as u64,
+            rdev: st.st_rdev as u64,
+        }
+    }
+
+    pub fn is_regular(&self) -> bool {
+        self.kind == EntryKind::File
+    }
+
+    /// Same size, mtime and ctime: nothing wrote to the file in between.
+    /// (ctime catches writes that restore mtime.)
+    pub fn same_content_stamp(&self, other: &Meta) -> bool {
+        self.size == other.size
+            && (self.mtime_sec, self.mtime_nsec) == (other.mtime_sec, other.mtime_nsec)
+            && (self.ctime_sec, self.ctime_nsec) == (other.ctime_sec, other.ctime_nsec)
+    }
+
+    /// An entry carrying this metadata; type-specific fields left empty.
+    fn to_entry(self, path: Vec<u8>) -> Entry {
+        let mut entry = Entry::new(path, self.kind);
+        entry.mode = self.mode;
+        entry.uid = self.uid;
+        entry.gid = self.gid;
+        // A directory's size is file-system bookkeeping, not content; keeping
+        // it would report drift whenever a directory grows and shrinks back.
+        entry.size = if self.kind == EntryKind::Dir { 0 } else { self.size };
+        entry.mtime_sec = self.mtime_sec;
+        entry.mtime_nsec = self.mtime_nsec;
+        if matches!(self.kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+            entry.device = Some((
+                rustix::fs::major(self.rdev as _),
+                rustix::fs::minor(self.rdev as _),
+            ));
+        }
+        entry
+    }
+}
+
+/// Whether file content is hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentMode {
+    /// Hash every regular file (the default, and what bake always does).
+    Hash,
+    /// Record metadata only: much faster, blind to changes that keep size
+    /// and mtime.
+    MetadataOnly,
+}
+
+/// How to scan.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Worker threads. More than the core count helps on a cold page cache,
+    /// where workers wait on the disk.
+    pub threads: usize,
+    pub content: ContentMode,
+    /// Do not descend into directories on another file system than the
+    /// root's; each such mount point is reported as not verified.
+    pub one_file_system: bool,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            threads: default_threads(),
+            content: ContentMode::Hash,
+            one_file_system: false,
+        }
+    }
+}
+
+/// Four reads in flight per core: enough to keep a cold disk busy (a probe
+/// on a 2-core machine: 8 threads 5.2 s against 2 threads 7.2 s), and cheap
+/// when the page cache is warm.
+pub fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 4).clamp(2, 32)
+}
+
+/// Why a root could not be scanned at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("root {path}: {source}")]
+    Root { path: PathBuf, source: io::Error },
+    #[error("root {0} is not a directory")]
+    RootNotDir(PathBuf),
+    #[error("cannot start scan thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Everything a scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Sorted by path, with hard-link groups assigned.
+    pub entries: Vec<Entry>,
+    /// Paths that could not be fully recorded, sorted. For a directory that
+    /// could not be listed (or was not entered), everything below it is
+    /// unverified too.
+    pub unverified: Vec<Unverified>,
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+}
+
+/// Scans `root`, skipping what `policy` excludes.
+pub fn scan(root: &Path, policy: &Policy, options: &ScanOptions) -> Result<Scan, ScanError> {
+    let root = std::fs::canonicalize(root).map_err(|source| ScanError::Root {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let root_meta = rustix::fs::lstat(&root)
+        .map(|st| Meta::from_stat(&st))
+        .map_err(|e| ScanError::Root {
+            path: root.clone(),
+            source: e.into(),
+        })?;
+    if root_meta.kind != EntryKind::Dir {
+        return Err(ScanError::RootNotDir(root));
+    }
+    // Fail on an unreadable root now, rather than report one unverified
+    // entry and a manifest with nothing in it.
+    std::fs::read_dir(&root).map_err(|source| ScanError::Root {
+        path: root.clone(),
+        source,
+    })?;
+
+    let walker = Walker {
+        root: &root,
+        root_dev: root_meta.dev,
+        policy,
+        options,
+        queue: Mutex::new(QueueState {
+            jobs: vec![Job::Dir(Vec::new())],
+            busy: 0,
+        }),
+        wake: Condvar::new(),
+    };
+    let threads = options.threads.max(1);
+    let results: Vec<WorkerResult> = std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let walker = &walker;
+            let handle = std::thread::Builder::new()
+                .name(format!("scan-{i}"))
+                .spawn_scoped(s, move || walker.work())
+                .map_err(ScanError::Thread)?;
+            handles.push(handle);
+        }
+        Ok::<_, ScanError>(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("scan worker panicked"))
+                .collect(),
+        )
+    })?;
+
+    let mut scan = Scan::default();
+    let mut links: Vec<(usize, LinkId)> = Vec::new();
+    let mut found = Vec::with_capacity(results.iter().map(|r| r.entries.len()).sum::<usize>() + 1);
+    found.push((root_meta.to_entry(Vec::new()), None));
+    for result in results {
+        found.extend(result.entries);
+        scan.unverified.extend(result.unverified);
+        scan.files_hashed += result.files_hashed;
+        scan.bytes_hashed += result.bytes_hashed;
+    }
+    found.sort_unstable_by(|a, b| a.0.path.cmp(&b.0.path));
+    scan.entries.reserve_exact(found.len());
+    for (index, (entry, link)) in found.into_iter().enumerate() {
+        if let Some(link) = link {
+            links.push((index, link));
+        }
+        scan.entries.push(entry);
+    }
+    assign_hardlink_groups(&mut scan.entries, links);
+    scan.unverified.sort();
+    Ok(scan)
+}
+
+/// Identity of an inode with more than one link.
+type LinkId = (u64, u64);
+
+/// Entries sharing an inode get the same group number; groups are numbered
+/// in path order so the numbering depends only on the tree. An inode seen
+/// once (its other links are excluded or outside the root) is no group.
+fn assign_hardlink_groups(entries: &mut [Entry], links: Vec<(usize, LinkId)>) {
+    let mut members: HashMap<LinkId, Vec<usize>> = HashMap::new();
+    for (index, id) in links {
+        members.entry(id).or_default().push(index);
+    }
+    let mut groups: Vec<Vec<usize>> = members.into_values().filter(|m| m.len() > 1).collect();
+    groups.sort_unstable_by_key(|m| m[0]);
+    for (number, group) in groups.into_iter().enumerate() {
+        for index in group {
+            entries[index].hardlink_group = u32::try_from(number + 1).unwrap_or(u32::MAX);
+        }
+    }
+}
+
+enum Job {
+    /// List this directory (relative path).
+    Dir(Vec<u8>),
+    /// Hash this regular file, seen by `lstat` with this metadata.
+    File(Vec<u8>, Meta),
+}
+
+struct QueueState {
+    jobs: Vec<Job>,
+    /// Workers holding a job; when zero and no jobs remain, the walk is done.
+    busy: usize,
+}
+
+struct Walker<'a> {
+    root: &'a Path,
+    root_dev: u64,
+    policy: &'a Policy,
+    options: &'a ScanOptions,
+    queue: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct WorkerResult {
+    entries: Vec<(Entry, Option<LinkId>)>,
+    unverified: Vec<Unverified>,
+    files_hashed: u64,
+    bytes_hashed: u64,
+}
+
+impl WorkerResult {
+    fn unverified(&mut self, path: Vec<u8>, reason: impl Into<String>) {
+        self.unverified.push(Unverified {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn record(&mut self, entry: Entry, meta: &Meta) {
+        let link = (meta.kind != EntryKind::Dir && meta.nlink > 1).then_some((meta.dev, meta.ino));
+        self.entries.push((entry, link));
+    }
+}
+
+impl Walker<'_> {
+    fn work(&self) -> WorkerResult {
+        let mut out = WorkerResult::default();
+        let mut buf = match self.options.content {
+            ContentMode::Hash => vec![0u8; hash::BUFFER_SIZE],
+            ContentMode::MetadataOnly => Vec::new(),
+        };
+        let mut new_jobs = Vec::new();
+        while let Some(job) = self.next_job() {
+            match job {
+                Job::Dir(path) => self.list_dir(path, &mut new_jobs, &mut out),
+                Job::File(path, meta) => self.hash_file(path, meta, &mut buf, &mut out),
+            }
+            self.finish_job(&mut new_jobs);
+        }
+        out
+    }
+
+    fn next_job(&self) -> Option<Job> {
+        let mut state = self.queue.lock().expect("scan queue poisoned");
+        loop {
+            if let Some(job) = state.jobs.pop() {
+                state.busy += 1;
+                return Some(job);
+            }
+            if state.busy == 0 {
+                return None;
+            }
+            state = self.wake.wait(state).expect("scan queue poisoned");
+        }
+    }
+
+    fn finish_job(&self, new_jobs: &mut Vec<Job>) {
+        let mut state = self.queue.lock().expect("scan queue poisoned");
+        state.busy -= 1;
+        let pushed = new_jobs.len();
+        state.jobs.append(new_jobs);
+        let done = state.busy == 0 && state.jobs.is_empty();
+        drop(state);
+        if done || pushed > 1 {
+            self.wake.notify_all();
+        } else if pushed == 1 {
+            self.wake.notify_one();
+        }
+    }
+
+    fn absolute(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.root.to_path_buf()
+        } else {
+            self.root.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    fn list_dir(&self, dir: Vec<u8>, jobs: &mut Vec<Job>, out: &mut WorkerResult) {
+        let read_dir = match std::fs::read_dir(self.absolute(&dir)) {
+            Ok(read_dir) => read_dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return out.unverified(dir, "vanished during scan");
+            }
+            Err(e) => return out.unverified(dir, format!("cannot list directory: {e}")),
+        };
+        for child in read_dir {
+            let child = match child {
+                Ok(child) => child,
+                Err(e) => {
+                    // The rest of this listing is lost: say so for the whole
+                    // directory rather than pretend it was complete.
+                    out.unverified(dir.clone(), format!("directory listing failed part-way: {e}"));
+                    break;
+                }
+            };
+            let name = child.file_name().into_vec();
+            let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+            if !dir.is_empty() {
+                path.extend_from_slice(&dir);
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            if self.policy.is_excluded(&path) {
+                continue;
+            }
+            self.visit(path, jobs, out);
+        }
+    }
+
+    /// Records one path found in a listing, queueing the work it needs.
+    fn visit(&self, path: Vec<u8>, jobs: &mut Vec<Job>, out: &mut WorkerResult) {
+        let absolute = self.absolute(&path);
+        let meta = match rustix::fs::lstat(&absolute) {
+            Ok(st) => Meta::from_stat(&st),
+            Err(rustix::io::Errno::NOENT) => return out.unverified(path, "vanished during scan"),
+            Err(e) => return out.unverified(path, format!("cannot stat: {}", io::Error::from(e))),
+        };
+        match meta.kind {
+            EntryKind::Dir => {
+                if self.options.one_file_system && meta.dev != self.root_dev {
+                    out.unverified(path.clone(), "mount point of another file system; not entered (--one-file-system)");
+                } else {
+                    jobs.push(Job::Dir(path.clone()));
+                }
+                out.record(meta.to_entry(path), &meta);
+            }
+            EntryKind::File if self.options.content == ContentMode::Hash => {
+                jobs.push(Job::File(path, meta));
+            }
+            EntryKind::File => {
+                let mut entry = meta.to_entry(path);
+                match hash::read_capability_at(&absolute) {
+                    Ok(capability) => entry.capability = capability,
+                    Err(e) => out.unverified(entry.path.to_vec(), format!("cannot read capabilities: {e}")),
+                }
+                out.record(entry, &meta);
+            }
+            EntryKind::Symlink => {
+                let mut entry = meta.to_entry(path);
+                match std::fs::read_link(&absolute) {
+                    Ok(target) => {
+                        entry.symlink_target = Some(target.into_os_string().into_vec().into());
+                        out.record(entry, &meta);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        out.unverified(entry.path.to_vec(), "vanished during scan");
+                    }
+                    Err(e) => {
+                        out.unverified(entry.path.to_vec(), format!("cannot read symlink: {e}"));
+                        out.record(entry, &meta);
+                    }
+                }
+            }
+            EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDevice | EntryKind::BlockDevice => {
+                out.record(meta.to_entry(path), &meta);
+            }
+        }
+    }
+
+    fn hash_file(&self, path: Vec<u8>, seen: Meta, buf: &mut [u8], out: &mut WorkerResult) {
+        let absolute = self.absolute(&path);
+        match hash::hash_file(&absolute, &seen, buf) {
+            Ok(hashed) => {
+                out.files_hashed += 1;
+                out.bytes_hashed += hashed.meta.size;
+                let mut entry = hashed.meta.to_entry(path);
+                entry.blake3 = Some(hashed.blake3);
+                entry.capability = hashed.capability;
+                out.record(entry, &hashed.meta);
+            }
+            Err(HashError::Vanished) => out.unverified(path, "vanished during scan"),
+            Err(HashError::Replaced) => {
+                // Record whatever is there now, but never chase a path that
+                // keeps being swapped: a second swap is reported.
+                match rustix::fs::lstat(&absolute).map(|st| Meta::from_stat(&st)) {
+                    Ok(now) if now.kind != EntryKind::File => {
+                        let mut jobs = Vec::new();
+                        self.visit(path, &mut jobs, out);
+                        // A directory that appeared mid-scan is not entered.
+                        for job in jobs {
+                            if let Job::Dir(dir) = job {
+                                out.unverified(dir, "appeared during scan; not entered");
+                            }
+                        }
+                    }
+                    Ok(now) => {
+                        out.unverified(path.clone(), "replaced during scan; content not read");
+                        out.record(now.to_entry(path), &now);
+                    }
+                    Err(_) => out.unverified(path, "vanished during scan"),
+                }
+            }
+            Err(e @ HashError::KeptChanging) | Err(e @ HashError::Io(_)) => {
+                let reason = match &e {
+                    HashError::Io(io) => format!("cannot read: {io}"),
+                    other => other.to_string(),
+                };
+                out.unverified(path.clone(), reason);
+                out.record(seen.to_entry(path), &seen);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn options(threads: usize, content: ContentMode) -> ScanOptions {
+        ScanOptions {
+            threads,
+            content,
+            one_file_system: false,
+        }
+    }
+
+    fn paths(scan: &Scan) -> Vec<String> {
+        scan.entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+            .collect()
+    }
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/ssh")).unwrap();
+        std::fs::create_dir_all(root.join("proc/1")).unwrap();
+        std::fs::write(root.join("etc/passwd"), b"root:x:0:0\n").unwrap();
+        std::fs::write(root.join("etc/ssh/sshd_config"), b"PermitRootLogin no\n").unwrap();
+        std::fs::write(root.join("proc/1/status"), b"never read").unwrap();
+        symlink("ssh", root.join("etc/loop")).unwrap();
+        symlink("../../..", root.join("etc/ssh/up")).unwrap();
+        symlink("self", root.join("etc/self")).unwrap();
+        std::fs::hard_link(root.join("etc/passwd"), root.join("etc/passwd-")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &root.join("etc/fifo"),
+            FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn records_every_entry_sorted_and_skips_excluded() {
+        let dir = tree();
+        let scan = scan(dir.path(), &Policy::builtin(), &options(4, ContentMode::Hash)).unwrap();
+        assert_eq!(
+            paths(&scan),
+            [
+                "", "etc", "etc/fifo", "etc/loop", "etc/passwd", "etc/passwd-", "etc/self",
+                "etc/ssh", "etc/ssh/sshd_config", "etc/ssh/up"
+            ]
+        );
+        assert!(scan.unverified.is_empty(), "{:?}", scan.unverified);
+        let passwd = &scan.entries[4];
+        assert_eq!(passwd.blake3, Some(*blake3::hash(b"root:x:0:0\n").as_bytes()));
+        assert_eq!(scan.entries[2].kind, EntryKind::Fifo);
+        assert_eq!(scan.entries[2].blake3, None);
+        assert_eq!(scan.entries[9].symlink_target.as_deref(), Some(&b"../../.."[..]));
+        // Hard links share a group; nothing else is grouped.
+        assert_eq!(passwd.hardlink_group, 1);
+        assert_eq!(scan.entries[5].hardlink_group, 1);
+        assert_eq!(scan.entries.iter().filter(|e| e.hardlink_group != 0).count(), 2);
+        assert_eq!(scan.files_hashed, 3);
+    }
+
+    #[test]
+    fn serial_and_parallel_scans_agree() {
+        let dir = tree();
+        for i in 0..200 {
+            let sub = dir.path().join(format!("usr/lib/d{}", i % 7));
+            std::fs::create_dir_all(&sub).unwrap();
+            std::fs::write(sub.join(format!("f{i}")), vec![i as u8; i * 100]).unwrap();
+        }
+        let one = scan(dir.path(), &Policy::builtin(), &options(1, ContentMode::Hash)).unwrap();
+        let many = scan(dir.path(), &Policy::builtin(), &options(8, ContentMode::Hash)).unwrap();
+        assert_eq!(one.entries, many.entries);
+        assert_eq!(one.entries.len(), 10 + 1 + 1 + 7 + 200);
+    }
+
+    #[test]
+    fn metadata_only_reads_no_content() {
+        let dir = tree();
+        let scan = scan(dir.path(), &Policy::builtin(), &options(2, ContentMode::MetadataOnly)).unwrap();
+        assert!(scan.entries.iter().all(|e| e.blake3.is_none()));
+        assert_eq!(scan.files_hashed, 0);
+        assert_eq!(scan.entries.len(), 10);
+    }
+
+    #[test]
+    fn non_utf8_names_are_kept_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = OsStr::from_bytes(b"caf\xe9");
+        std::fs::write(dir.path().join(name), b"x").unwrap();
+        let scan = scan(dir.path(), &Policy::builtin(), &options(2, ContentMode::Hash)).unwrap();
+        assert_eq!(&*scan.entries[1].path, b"caf\xe9");
+    }
+
+    #[test]
+    fn unusable_roots_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            scan(&file, &Policy::builtin(), &ScanOptions::default()),
+            Err(ScanError::RootNotDir(_))
+        ));
+        assert!(matches!(
+            scan(&dir.path().join("missing"), &Policy::builtin(), &ScanOptions::default()),
+            Err(ScanError::Root { .. })
+        ));
+    }
+}
