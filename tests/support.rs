@@ -12,16 +12,30 @@ pub fn agent_bin() -> &'static Path {
     BIN.get_or_init(|| {
         // target/<profile>/deps/<this test> -> target/<profile>/driftwatch-agent
         let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
         let bin = profile_dir.join("driftwatch-agent");
         if !bin.exists() {
             let status = Command::new(env!("CARGO"))
-                .args(["build", "-q", "-p", "driftwatch-agent", "--bin", "driftwatch-agent"])
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "driftwatch-agent",
+                    "--bin",
+                    "driftwatch-agent",
+                ])
                 .status()
                 .expect("run cargo build");
             assert!(status.success(), "building driftwatch-agent failed");
         }
-        assert!(bin.exists(), "driftwatch-agent not found at {}", bin.display());
+        assert!(
+            bin.exists(),
+            "driftwatch-agent not found at {}",
+            bin.display()
+        );
         bin
     })
 }
@@ -50,7 +64,11 @@ pub fn agent_json(args: &[&str]) -> (i32, serde_json::Value) {
 
 /// Runs a shell command, panicking with its output if it fails.
 pub fn sh(script: &str) {
-    let out = Command::new("sh").arg("-ec").arg(script).output().expect("run sh");
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .output()
+        .expect("run sh");
     assert!(
         out.status.success(),
         "`{script}` failed: {}",

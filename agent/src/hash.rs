@@ -96,7 +96,8 @@ fn hash_open_file(mut file: &File, buf: &mut [u8]) -> io::Result<([u8; 32], u64)
 }
 
 fn open_no_side_effects(path: &Path) -> Result<File, HashError> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let opened = match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::empty()) {
         // O_NOATIME needs ownership or CAP_FOWNER; without it, open plainly.
         Err(Errno::PERM) => rustix::fs::open(path, flags, Mode::empty()),
@@ -184,15 +185,24 @@ mod tests {
         let seen = meta_of(&path);
         let mut buf = vec![0; 16];
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(hash_file(&path, &seen, &mut buf), Err(HashError::Vanished)));
+        assert!(matches!(
+            hash_file(&path, &seen, &mut buf),
+            Err(HashError::Vanished)
+        ));
         std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
-        assert!(matches!(hash_file(&path, &seen, &mut buf), Err(HashError::Replaced)));
+        assert!(matches!(
+            hash_file(&path, &seen, &mut buf),
+            Err(HashError::Replaced)
+        ));
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"x").unwrap();
         // A new file at the same path is a different inode.
         let fresh = meta_of(&path);
         if fresh.ino != seen.ino {
-            assert!(matches!(hash_file(&path, &seen, &mut buf), Err(HashError::Replaced)));
+            assert!(matches!(
+                hash_file(&path, &seen, &mut buf),
+                Err(HashError::Replaced)
+            ));
         }
     }
 }

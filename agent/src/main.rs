@@ -24,7 +24,11 @@ const EXIT_ERROR: u8 = 2;
 const EXIT_INCOMPLETE: u8 = 3;
 
 #[derive(Parser, Debug)]
-#[command(name = "driftwatch-agent", version, about = "Bake an image manifest; verify a host against it")]
+#[command(
+    name = "driftwatch-agent",
+    version,
+    about = "Bake an image manifest; verify a host against it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -172,7 +176,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let policy = load_policy(policy.as_deref())?;
             let manifest = read_manifest(&manifest)?;
-            let content = if metadata_only { ContentMode::MetadataOnly } else { ContentMode::Hash };
+            let content = if metadata_only {
+                ContentMode::MetadataOnly
+            } else {
+                ContentMode::Hash
+            };
             let report = verify::verify(&root, &manifest, policy.as_ref(), &scan.options(content))?;
             match format {
                 Format::Json => emit(&json(&report.to_json())?)?,
@@ -249,11 +257,19 @@ fn warn_if_manifest_inside_root(root: &Path, out: &Path, policy: &Policy) {
     let (Ok(root), Some(parent)) = (std::fs::canonicalize(root), out.parent()) else {
         return;
     };
-    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
     let Ok(dir) = std::fs::canonicalize(parent) else {
         return;
     };
-    let Ok(rel) = dir.join(out.file_name().unwrap_or_default()).strip_prefix(&root).map(Path::to_path_buf) else {
+    let Ok(rel) = dir
+        .join(out.file_name().unwrap_or_default())
+        .strip_prefix(&root)
+        .map(Path::to_path_buf)
+    else {
         return;
     };
     let rel = rel.as_os_str().as_bytes();

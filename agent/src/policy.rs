@@ -113,7 +113,10 @@ impl Policy {
     pub fn builtin() -> Policy {
         Policy::from_spec(PolicySpec {
             exclude: DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect(),
-            runtime_zones: DEFAULT_RUNTIME_ZONES.iter().map(|s| s.to_string()).collect(),
+            runtime_zones: DEFAULT_RUNTIME_ZONES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         })
         .expect("built-in patterns are valid")
     }
@@ -283,7 +286,8 @@ mod tests {
 
     #[test]
     fn file_adds_to_defaults_or_replaces_them() {
-        let p = Policy::parse("exclude = [\"/opt/scratch/\"]\nruntime_zones = [\"srv/*/data\"]").unwrap();
+        let p = Policy::parse("exclude = [\"/opt/scratch/\"]\nruntime_zones = [\"srv/*/data\"]")
+            .unwrap();
         assert!(p.is_excluded(b"opt/scratch/x"));
         assert!(p.is_excluded(b"proc"));
         assert!(p.in_runtime_zone(b"srv/app/data/db"));

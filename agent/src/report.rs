@@ -65,7 +65,11 @@ pub enum Subject {
 /// the deviation are set: for `metadata`, just the fields that differ.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Attrs {
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none", serialize_with = "kind_str")]
+    #[serde(
+        rename = "type",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "kind_str"
+    )]
     pub kind: Option<EntryKind>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "octal")]
     pub mode: Option<u32>,
@@ -270,7 +274,11 @@ impl Report {
     /// deviations grouped by kind.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let verdict = if self.has_drift() { "DRIFT" } else { "NO DRIFT" };
+        let verdict = if self.has_drift() {
+            "DRIFT"
+        } else {
+            "NO DRIFT"
+        };
         let _ = writeln!(
             out,
             "{verdict}: {:.3}% drift ({} of {} items deviate)",
@@ -285,7 +293,11 @@ impl Report {
             or_dash(&image.image_id),
             or_dash(&image.image_version),
             &self.manifest_digest.to_hex()[..16],
-            if self.policy_source == PolicySource::File { ", policy overridden by --policy" } else { "" }
+            if self.policy_source == PolicySource::File {
+                ", policy overridden by --policy"
+            } else {
+                ""
+            }
         );
         let summary: Vec<String> = DeviationKind::ALL
             .iter()
@@ -311,12 +323,17 @@ impl Report {
             self.elapsed_secs
         );
         if !c.not_verified.is_empty() {
-            let _ = writeln!(out, "NOT VERIFIED: {} paths (listed below)", c.not_verified.len());
+            let _ = writeln!(
+                out,
+                "NOT VERIFIED: {} paths (listed below)",
+                c.not_verified.len()
+            );
         }
         let _ = writeln!(out, "excluded by policy: {}", c.excluded.join(", "));
 
         for kind in DeviationKind::ALL {
-            let group: Vec<&Deviation> = self.deviations.iter().filter(|d| d.kind == kind).collect();
+            let group: Vec<&Deviation> =
+                self.deviations.iter().filter(|d| d.kind == kind).collect();
             if group.is_empty() {
                 continue;
             }

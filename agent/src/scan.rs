@@ -97,7 +97,11 @@ impl Meta {
         entry.gid = self.gid;
         // A directory's size is file-system bookkeeping, not content; keeping
         // it would report drift whenever a directory grows and shrinks back.
-        entry.size = if self.kind == EntryKind::Dir { 0 } else { self.size };
+        entry.size = if self.kind == EntryKind::Dir {
+            0
+        } else {
+            self.size
+        };
         entry.mtime_sec = self.mtime_sec;
         entry.mtime_nsec = self.mtime_nsec;
         if matches!(self.kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
@@ -381,7 +385,10 @@ impl Walker<'_> {
                 Err(e) => {
                     // The rest of this listing is lost: say so for the whole
                     // directory rather than pretend it was complete.
-                    out.unverified(dir.clone(), format!("directory listing failed part-way: {e}"));
+                    out.unverified(
+                        dir.clone(),
+                        format!("directory listing failed part-way: {e}"),
+                    );
                     break;
                 }
             };
@@ -410,7 +417,10 @@ impl Walker<'_> {
         match meta.kind {
             EntryKind::Dir => {
                 if self.options.one_file_system && meta.dev != self.root_dev {
-                    out.unverified(path.clone(), "mount point of another file system; not entered (--one-file-system)");
+                    out.unverified(
+                        path.clone(),
+                        "mount point of another file system; not entered (--one-file-system)",
+                    );
                 } else {
                     jobs.push(Job::Dir(path.clone()));
                 }
@@ -423,7 +433,10 @@ impl Walker<'_> {
                 let mut entry = meta.to_entry(path);
                 match hash::read_capability_at(&absolute) {
                     Ok(capability) => entry.capability = capability,
-                    Err(e) => out.unverified(entry.path.to_vec(), format!("cannot read capabilities: {e}")),
+                    Err(e) => out.unverified(
+                        entry.path.to_vec(),
+                        format!("cannot read capabilities: {e}"),
+                    ),
                 }
                 out.record(entry, &meta);
             }
@@ -443,7 +456,10 @@ impl Walker<'_> {
                     }
                 }
             }
-            EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDevice | EntryKind::BlockDevice => {
+            EntryKind::Fifo
+            | EntryKind::Socket
+            | EntryKind::CharDevice
+            | EntryKind::BlockDevice => {
                 out.record(meta.to_entry(path), &meta);
             }
         }
@@ -528,7 +544,7 @@ mod tests {
         std::fs::hard_link(root.join("etc/passwd"), root.join("etc/passwd-")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("etc/fifo"),
+            root.join("etc/fifo"),
             FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,
@@ -540,24 +556,49 @@ mod tests {
     #[test]
     fn records_every_entry_sorted_and_skips_excluded() {
         let dir = tree();
-        let scan = scan(dir.path(), &Policy::builtin(), &options(4, ContentMode::Hash)).unwrap();
+        let scan = scan(
+            dir.path(),
+            &Policy::builtin(),
+            &options(4, ContentMode::Hash),
+        )
+        .unwrap();
         assert_eq!(
             paths(&scan),
             [
-                "", "etc", "etc/fifo", "etc/loop", "etc/passwd", "etc/passwd-", "etc/self",
-                "etc/ssh", "etc/ssh/sshd_config", "etc/ssh/up"
+                "",
+                "etc",
+                "etc/fifo",
+                "etc/loop",
+                "etc/passwd",
+                "etc/passwd-",
+                "etc/self",
+                "etc/ssh",
+                "etc/ssh/sshd_config",
+                "etc/ssh/up"
             ]
         );
         assert!(scan.unverified.is_empty(), "{:?}", scan.unverified);
         let passwd = &scan.entries[4];
-        assert_eq!(passwd.blake3, Some(*blake3::hash(b"root:x:0:0\n").as_bytes()));
+        assert_eq!(
+            passwd.blake3,
+            Some(*blake3::hash(b"root:x:0:0\n").as_bytes())
+        );
         assert_eq!(scan.entries[2].kind, EntryKind::Fifo);
         assert_eq!(scan.entries[2].blake3, None);
-        assert_eq!(scan.entries[9].symlink_target.as_deref(), Some(&b"../../.."[..]));
+        assert_eq!(
+            scan.entries[9].symlink_target.as_deref(),
+            Some(&b"../../.."[..])
+        );
         // Hard links share a group; nothing else is grouped.
         assert_eq!(passwd.hardlink_group, 1);
         assert_eq!(scan.entries[5].hardlink_group, 1);
-        assert_eq!(scan.entries.iter().filter(|e| e.hardlink_group != 0).count(), 2);
+        assert_eq!(
+            scan.entries
+                .iter()
+                .filter(|e| e.hardlink_group != 0)
+                .count(),
+            2
+        );
         assert_eq!(scan.files_hashed, 3);
     }
 
@@ -569,8 +610,18 @@ mod tests {
             std::fs::create_dir_all(&sub).unwrap();
             std::fs::write(sub.join(format!("f{i}")), vec![i as u8; i * 100]).unwrap();
         }
-        let one = scan(dir.path(), &Policy::builtin(), &options(1, ContentMode::Hash)).unwrap();
-        let many = scan(dir.path(), &Policy::builtin(), &options(8, ContentMode::Hash)).unwrap();
+        let one = scan(
+            dir.path(),
+            &Policy::builtin(),
+            &options(1, ContentMode::Hash),
+        )
+        .unwrap();
+        let many = scan(
+            dir.path(),
+            &Policy::builtin(),
+            &options(8, ContentMode::Hash),
+        )
+        .unwrap();
         assert_eq!(one.entries, many.entries);
         assert_eq!(one.entries.len(), 10 + 1 + 1 + 7 + 200);
     }
@@ -578,7 +629,12 @@ mod tests {
     #[test]
     fn metadata_only_reads_no_content() {
         let dir = tree();
-        let scan = scan(dir.path(), &Policy::builtin(), &options(2, ContentMode::MetadataOnly)).unwrap();
+        let scan = scan(
+            dir.path(),
+            &Policy::builtin(),
+            &options(2, ContentMode::MetadataOnly),
+        )
+        .unwrap();
         assert!(scan.entries.iter().all(|e| e.blake3.is_none()));
         assert_eq!(scan.files_hashed, 0);
         assert_eq!(scan.entries.len(), 10);
@@ -589,7 +645,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = OsStr::from_bytes(b"caf\xe9");
         std::fs::write(dir.path().join(name), b"x").unwrap();
-        let scan = scan(dir.path(), &Policy::builtin(), &options(2, ContentMode::Hash)).unwrap();
+        let scan = scan(
+            dir.path(),
+            &Policy::builtin(),
+            &options(2, ContentMode::Hash),
+        )
+        .unwrap();
         assert_eq!(&*scan.entries[1].path, b"caf\xe9");
     }
 
@@ -603,7 +664,11 @@ mod tests {
             Err(ScanError::RootNotDir(_))
         ));
         assert!(matches!(
-            scan(&dir.path().join("missing"), &Policy::builtin(), &ScanOptions::default()),
+            scan(
+                &dir.path().join("missing"),
+                &Policy::builtin(),
+                &ScanOptions::default()
+            ),
             Err(ScanError::Root { .. })
         ));
     }

@@ -17,7 +17,11 @@ pub struct Summary<'a> {
 
 impl Summary<'_> {
     fn count(&self, kind: EntryKind) -> usize {
-        self.manifest.entries.iter().filter(|e| e.kind == kind).count()
+        self.manifest
+            .entries
+            .iter()
+            .filter(|e| e.kind == kind)
+            .count()
     }
 
     pub fn bytes_per_entry(&self) -> f64 {
@@ -82,9 +86,19 @@ impl Summary<'_> {
         let p = &m.provenance;
         let mut out = String::new();
         let _ = writeln!(out, "digest          {}", self.digest);
-        let _ = writeln!(out, "image           {} {}", dash(&p.image_id), dash(&p.image_version));
+        let _ = writeln!(
+            out,
+            "image           {} {}",
+            dash(&p.image_id),
+            dash(&p.image_version)
+        );
         let _ = writeln!(out, "source commit   {}", dash(&p.source_commit));
-        let _ = writeln!(out, "built           {} (unix {})", utc(p.build_time_unix), p.build_time_unix);
+        let _ = writeln!(
+            out,
+            "built           {} (unix {})",
+            utc(p.build_time_unix),
+            p.build_time_unix
+        );
         let _ = writeln!(out, "baked by        driftwatch {}", dash(&p.tool_version));
         let _ = writeln!(
             out,
@@ -93,7 +107,10 @@ impl Summary<'_> {
             self.count(EntryKind::File),
             self.count(EntryKind::Dir),
             self.count(EntryKind::Symlink),
-            m.entries.len() - self.count(EntryKind::File) - self.count(EntryKind::Dir) - self.count(EntryKind::Symlink)
+            m.entries.len()
+                - self.count(EntryKind::File)
+                - self.count(EntryKind::Dir)
+                - self.count(EntryKind::Symlink)
         );
         let dbs: Vec<String> = m
             .package_databases
@@ -104,9 +121,18 @@ impl Summary<'_> {
             out,
             "packages        {}{}",
             m.packages.len(),
-            if dbs.is_empty() { " (no package database found)".to_string() } else { format!(": {}", dbs.join(", ")) }
+            if dbs.is_empty() {
+                " (no package database found)".to_string()
+            } else {
+                format!(": {}", dbs.join(", "))
+            }
         );
-        let _ = writeln!(out, "size            {} bytes ({:.1} per entry)", self.bytes, self.bytes_per_entry());
+        let _ = writeln!(
+            out,
+            "size            {} bytes ({:.1} per entry)",
+            self.bytes,
+            self.bytes_per_entry()
+        );
         let _ = writeln!(out, "excluded        {}", m.policy.exclude.join(", "));
         let _ = writeln!(out, "runtime zones   {}", m.policy.runtime_zones.join(", "));
         if !m.unverified.is_empty() {

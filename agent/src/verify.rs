@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use driftwatch_proto::manifest::codec::Decoded;
 use driftwatch_proto::manifest::hex;
-use driftwatch_proto::{DriftCounts, Entry, EntryKind, Manifest, Package, PackageManager, Unverified};
+use driftwatch_proto::{
+    DriftCounts, Entry, EntryKind, Manifest, Package, PackageManager, Unverified,
+};
 
 use crate::packages::{self, PackageScan};
 use crate::path::display;
@@ -53,7 +55,13 @@ pub fn verify(
     };
     let live = scan::scan(root, policy, options)?;
     let live_packages = packages::read_installed(root);
-    let mut report = compare(&manifest.manifest, &live, &live_packages, policy, options.content);
+    let mut report = compare(
+        &manifest.manifest,
+        &live,
+        &live_packages,
+        policy,
+        options.content,
+    );
     report.manifest_digest = manifest.digest;
     report.policy_source = policy_source;
     report.elapsed_secs = started.elapsed().as_secs_f64();
@@ -98,7 +106,8 @@ pub fn compare(
     not_verified.dedup_by(|a, b| a.path == b.path);
 
     let mut deviations = cmp.deviations;
-    deviations.sort_by(|a, b| (a.kind, subject_key(&a.subject)).cmp(&(b.kind, subject_key(&b.subject))));
+    deviations
+        .sort_by(|a, b| (a.kind, subject_key(&a.subject)).cmp(&(b.kind, subject_key(&b.subject))));
     Report {
         manifest_digest: driftwatch_proto::Digest([0; 32]),
         image: manifest.provenance.clone(),
@@ -122,7 +131,9 @@ pub fn compare(
 fn subject_key(subject: &Subject) -> (&[u8], &str) {
     match subject {
         Subject::Path(p) => (p, ""),
-        Subject::Package { name, architecture, .. } => (name.as_bytes(), architecture),
+        Subject::Package {
+            name, architecture, ..
+        } => (name.as_bytes(), architecture),
     }
 }
 
@@ -160,7 +171,9 @@ impl<'a> Covered<'a> {
 fn hardlink_leaders(entries: &[Entry]) -> HashMap<u32, &[u8]> {
     let mut leaders = HashMap::new();
     for entry in entries.iter().filter(|e| e.hardlink_group != 0) {
-        leaders.entry(entry.hardlink_group).or_insert(&entry.path[..]);
+        leaders
+            .entry(entry.hardlink_group)
+            .or_insert(&entry.path[..]);
     }
     leaders
 }
@@ -219,12 +232,15 @@ impl<'a> Comparison<'a> {
             return;
         }
         self.entries_checked += 1;
-        self.record(vec![Deviation {
-            kind: DeviationKind::Removed,
-            subject: Subject::Path(e.path.clone()),
-            expected: Some(self.full_attrs(e, &self.manifest_leaders)),
-            actual: None,
-        }], &e.path);
+        self.record(
+            vec![Deviation {
+                kind: DeviationKind::Removed,
+                subject: Subject::Path(e.path.clone()),
+                expected: Some(self.full_attrs(e, &self.manifest_leaders)),
+                actual: None,
+            }],
+            &e.path,
+        );
     }
 
     fn only_on_host(&mut self, a: &Entry) {
@@ -234,12 +250,15 @@ impl<'a> Comparison<'a> {
             return;
         }
         self.entries_checked += 1;
-        self.record(vec![Deviation {
-            kind: DeviationKind::Added,
-            subject: Subject::Path(a.path.clone()),
-            expected: None,
-            actual: Some(self.full_attrs(a, &self.live_leaders)),
-        }], &a.path);
+        self.record(
+            vec![Deviation {
+                kind: DeviationKind::Added,
+                subject: Subject::Path(a.path.clone()),
+                expected: None,
+                actual: Some(self.full_attrs(a, &self.live_leaders)),
+            }],
+            &a.path,
+        );
     }
 
     fn on_both(&mut self, e: &Entry, a: &Entry) {
@@ -254,7 +273,12 @@ impl<'a> Comparison<'a> {
         diff(&mut exp.mode, &mut act.mode, e.mode, a.mode);
         diff(&mut exp.uid, &mut act.uid, e.uid, a.uid);
         diff(&mut exp.gid, &mut act.gid, e.gid, a.gid);
-        diff(&mut exp.capability, &mut act.capability, capability(e), capability(a));
+        diff(
+            &mut exp.capability,
+            &mut act.capability,
+            capability(e),
+            capability(a),
+        );
         diff(
             &mut exp.hardlinked_with,
             &mut act.hardlinked_with,
@@ -367,7 +391,10 @@ impl<'a> Comparison<'a> {
                 missing.push(db.manager);
                 self.not_verified.push(Unverified {
                     path: db.path.as_bytes().into(),
-                    reason: format!("{} database missing on the host; its packages were not verified", db.manager),
+                    reason: format!(
+                        "{} database missing on the host; its packages were not verified",
+                        db.manager
+                    ),
                 });
             }
         }
@@ -448,7 +475,10 @@ fn diff<T: PartialEq>(exp: &mut Option<T>, act: &mut Option<T>, e: T, a: T) {
 }
 
 fn capability(entry: &Entry) -> String {
-    entry.capability.as_deref().map_or_else(|| "none".to_string(), hex)
+    entry
+        .capability
+        .as_deref()
+        .map_or_else(|| "none".to_string(), hex)
 }
 
 fn leader(entry: &Entry, leaders: &HashMap<u32, &[u8]>) -> String {
@@ -459,7 +489,9 @@ fn leader(entry: &Entry, leaders: &HashMap<u32, &[u8]>) -> String {
 }
 
 fn device(entry: &Entry) -> Option<String> {
-    entry.device.map(|(major, minor)| format!("{major}:{minor}"))
+    entry
+        .device
+        .map(|(major, minor)| format!("{major}:{minor}"))
 }
 
 fn mtime(entry: &Entry) -> String {

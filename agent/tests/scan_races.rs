@@ -42,11 +42,19 @@ fn churn(root: &Path, stop: &AtomicBool) {
                 2 => {
                     // Swap a file for a directory or a symlink and back.
                     let _ = std::fs::remove_file(&p);
-                    let _ = if i % 2 == 0 { std::fs::create_dir(&p) } else { std::os::unix::fs::symlink("/etc/passwd", &p) };
+                    let _ = if i % 2 == 0 {
+                        std::fs::create_dir(&p)
+                    } else {
+                        std::os::unix::fs::symlink("/etc/passwd", &p)
+                    };
                 }
                 _ => {
                     use std::io::Write;
-                    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(&p) {
+                    if let Ok(mut f) = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(&p)
+                    {
                         let _ = f.write_all(&[1; 4096]);
                     }
                 }
@@ -63,7 +71,11 @@ fn scan_survives_a_tree_changing_under_it() {
     std::fs::create_dir_all(root.join("churn")).unwrap();
     let stop = AtomicBool::new(false);
     let policy = Policy::builtin();
-    let options = ScanOptions { threads: 4, content: ContentMode::Hash, one_file_system: false };
+    let options = ScanOptions {
+        threads: 4,
+        content: ContentMode::Hash,
+        one_file_system: false,
+    };
 
     std::thread::scope(|s| {
         s.spawn(|| churn(root, &stop));
@@ -71,7 +83,8 @@ fn scan_survives_a_tree_changing_under_it() {
         let mut scans = 0;
         let mut churn_unverified = 0;
         while started.elapsed() < Duration::from_secs(3) || scans < 3 {
-            let result = scan(root, &policy, &options).expect("scan completes while the tree changes");
+            let result =
+                scan(root, &policy, &options).expect("scan completes while the tree changes");
             scans += 1;
             // Sorted, unique paths: the merge in verify depends on it.
             assert!(result.entries.windows(2).all(|w| w[0].path < w[1].path));
@@ -79,22 +92,46 @@ fn scan_survives_a_tree_changing_under_it() {
                 let entry = result
                     .entries
                     .iter()
-                    .find(|e| &e.path[..] == &path[..])
-                    .unwrap_or_else(|| panic!("stable file {} missing", String::from_utf8_lossy(path)));
-                assert_eq!(entry.blake3.as_ref(), Some(hash), "stable file hashed wrong");
+                    .find(|e| e.path[..] == path[..])
+                    .unwrap_or_else(|| {
+                        panic!("stable file {} missing", String::from_utf8_lossy(path))
+                    });
+                assert_eq!(
+                    entry.blake3.as_ref(),
+                    Some(hash),
+                    "stable file hashed wrong"
+                );
             }
             // Whatever churned is recorded with a type, or reported.
-            for entry in result.entries.iter().filter(|e| e.path.starts_with(b"churn/")) {
-                assert!(entry.kind != driftwatch_proto::EntryKind::File || entry.blake3.is_some()
-                    || result.unverified.iter().any(|u| u.path == entry.path),
-                    "a churned file without a hash must be reported as unverified");
+            for entry in result
+                .entries
+                .iter()
+                .filter(|e| e.path.starts_with(b"churn/"))
+            {
+                assert!(
+                    entry.kind != driftwatch_proto::EntryKind::File
+                        || entry.blake3.is_some()
+                        || result.unverified.iter().any(|u| u.path == entry.path),
+                    "a churned file without a hash must be reported as unverified"
+                );
             }
-            churn_unverified += result.unverified.iter().filter(|u| u.path.starts_with(b"churn")).count();
+            churn_unverified += result
+                .unverified
+                .iter()
+                .filter(|u| u.path.starts_with(b"churn"))
+                .count();
             for u in &result.unverified {
-                assert!(u.path.starts_with(b"churn/"), "unexpected unverified {:?}: {}", u.path, u.reason);
+                assert!(
+                    u.path.starts_with(b"churn/"),
+                    "unexpected unverified {:?}: {}",
+                    u.path,
+                    u.reason
+                );
             }
         }
         stop.store(true, Ordering::Relaxed);
-        eprintln!("{scans} scans under churn; {churn_unverified} churned paths reported as not verified");
+        eprintln!(
+            "{scans} scans under churn; {churn_unverified} churned paths reported as not verified"
+        );
     });
 }

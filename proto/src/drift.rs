@@ -62,7 +62,14 @@ mod tests {
     fn pct_is_share_of_observed() {
         assert_eq!(drift_pct(1, 4), 25.0);
         assert_eq!(drift_pct(4, 4), 100.0);
-        assert_eq!(DriftCounts { deviating: 1, observed: 1000 }.pct(), 0.1);
+        assert_eq!(
+            DriftCounts {
+                deviating: 1,
+                observed: 1000
+            }
+            .pct(),
+            0.1
+        );
     }
 
     #[test]

@@ -454,10 +454,22 @@ mod tests {
         let encoded = encode(&sample());
         let decoded = decode(&encoded.bytes).unwrap();
         assert_eq!(decoded.digest, encoded.digest);
-        let paths: Vec<&[u8]> = decoded.manifest.entries.iter().map(|e| &e.path[..]).collect();
+        let paths: Vec<&[u8]> = decoded
+            .manifest
+            .entries
+            .iter()
+            .map(|e| &e.path[..])
+            .collect();
         assert_eq!(
             paths,
-            [&b""[..], b"bin", b"dev/null", b"etc", b"etc/passwd", b"etc/\xffname"]
+            [
+                &b""[..],
+                b"bin",
+                b"dev/null",
+                b"etc",
+                b"etc/passwd",
+                b"etc/\xffname"
+            ]
         );
         let mut expected = sample();
         expected.entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -478,11 +490,17 @@ mod tests {
 
     #[test]
     fn rejects_garbage_truncation_and_corruption() {
-        assert!(matches!(decode(b"hello world, not ours"), Err(ManifestError::NotAManifest)));
+        assert!(matches!(
+            decode(b"hello world, not ours"),
+            Err(ManifestError::NotAManifest)
+        ));
         assert!(matches!(decode(b""), Err(ManifestError::Truncated(_))));
         let bytes = encode(&sample()).bytes;
         for cut in [4, 10, bytes.len() / 2, bytes.len() - 1] {
-            assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut} accepted");
+            assert!(
+                decode(&bytes[..cut]).is_err(),
+                "truncated at {cut} accepted"
+            );
         }
         let mut flipped = bytes.clone();
         let last = flipped.len() - 40;
@@ -495,7 +513,13 @@ mod tests {
         let mut bytes = encode(&sample()).bytes;
         bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
         let err = decode(&bytes).unwrap_err();
-        assert!(matches!(err, ManifestError::NewerVersion { found: 7, supported: 1 }));
+        assert!(matches!(
+            err,
+            ManifestError::NewerVersion {
+                found: 7,
+                supported: 1
+            }
+        ));
         assert!(err.to_string().contains("upgrade"));
     }
 
@@ -511,7 +535,10 @@ mod tests {
     fn front_coding_keeps_entries_small() {
         let mut manifest = Manifest::default();
         for i in 0..1000 {
-            let mut e = Entry::new(format!("usr/lib/x86_64-linux-gnu/libfoo{i:04}.so").into_bytes(), EntryKind::File);
+            let mut e = Entry::new(
+                format!("usr/lib/x86_64-linux-gnu/libfoo{i:04}.so").into_bytes(),
+                EntryKind::File,
+            );
             e.mode = 0o644;
             e.size = 40_000;
             e.blake3 = Some([i as u8; 32]);
