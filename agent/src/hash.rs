@@ -13,9 +13,10 @@
 //! Reads go through a caller-owned buffer (one per worker thread), never
 //! `mmap`: a file truncated while mapped would kill the agent with SIGBUS.
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
@@ -55,11 +56,17 @@ pub enum HashError {
     Io(#[from] io::Error),
 }
 
-/// Hashes the regular file at `path`. `seen` is what the walk's `lstat`
-/// reported; the open file must be that same inode.
-pub fn hash_file(path: &Path, seen: &Meta, buf: &mut [u8]) -> Result<Hashed, HashError> {
+/// Hashes the regular file `name` in the open directory `dir`. `seen` is
+/// what the walk's `lstat` reported; the open file must be that same inode.
+pub fn hash_file<Fd: AsFd>(
+    dir: Fd,
+    name: &CStr,
+    seen: &Meta,
+    buf: &mut [u8],
+) -> Result<Hashed, HashError> {
+    let dir = dir.as_fd();
     for _ in 0..ATTEMPTS {
-        let file = open_no_side_effects(path)?;
+        let file = open_no_side_effects(dir, name)?;
         let before = Meta::from_stat(&rustix::fs::fstat(&file).map_err(io::Error::from)?);
         if !before.is_regular() || before.dev != seen.dev || before.ino != seen.ino {
             return Err(HashError::Replaced);
@@ -95,12 +102,12 @@ fn hash_open_file(mut file: &File, buf: &mut [u8]) -> io::Result<([u8; 32], u64)
     Ok((*hasher.finalize().as_bytes(), total))
 }
 
-fn open_no_side_effects(path: &Path) -> Result<File, HashError> {
+fn open_no_side_effects(dir: BorrowedFd<'_>, name: &CStr) -> Result<File, HashError> {
     let flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-    let opened = match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::empty()) {
+    let opened = match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
         // O_NOATIME needs ownership or CAP_FOWNER; without it, open plainly.
-        Err(Errno::PERM) => rustix::fs::open(path, flags, Mode::empty()),
+        Err(Errno::PERM) => rustix::fs::openat(dir, name, flags, Mode::empty()),
         other => other,
     };
     match opened {
@@ -149,6 +156,13 @@ mod tests {
         Meta::from_stat(&rustix::fs::lstat(path).unwrap())
     }
 
+    /// Hashes `path` the way the scanner does: relative to its directory.
+    fn hash_path(path: &Path, seen: &Meta, buf: &mut [u8]) -> Result<Hashed, HashError> {
+        let dir = File::open(path.parent().unwrap()).unwrap();
+        let name = std::ffi::CString::new(path.file_name().unwrap().as_encoded_bytes()).unwrap();
+        hash_file(&dir, &name, seen, buf)
+    }
+
     #[test]
     fn hashes_like_blake3_reference() {
         let dir = tempfile::tempdir().unwrap();
@@ -156,7 +170,7 @@ mod tests {
         let data: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let mut buf = vec![0; BUFFER_SIZE];
-        let hashed = hash_file(&path, &meta_of(&path), &mut buf).unwrap();
+        let hashed = hash_path(&path, &meta_of(&path), &mut buf).unwrap();
         assert_eq!(hashed.blake3, *blake3::hash(&data).as_bytes());
         assert_eq!(hashed.meta.size, data.len() as u64);
         assert_eq!(hashed.capability, None);
@@ -170,7 +184,7 @@ mod tests {
         file.set_len(64 * 1024 * 1024).unwrap();
         (&file).write_all(b"tail").unwrap();
         let mut buf = vec![0; BUFFER_SIZE];
-        let hashed = hash_file(&path, &meta_of(&path), &mut buf).unwrap();
+        let hashed = hash_path(&path, &meta_of(&path), &mut buf).unwrap();
         let mut reference = blake3::Hasher::new();
         reference.update(b"tail");
         reference.update(&vec![0u8; 64 * 1024 * 1024 - 4]);
@@ -186,12 +200,12 @@ mod tests {
         let mut buf = vec![0; 16];
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(
-            hash_file(&path, &seen, &mut buf),
+            hash_path(&path, &seen, &mut buf),
             Err(HashError::Vanished)
         ));
         std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
         assert!(matches!(
-            hash_file(&path, &seen, &mut buf),
+            hash_path(&path, &seen, &mut buf),
             Err(HashError::Replaced)
         ));
         std::fs::remove_file(&path).unwrap();
@@ -200,7 +214,7 @@ mod tests {
         let fresh = meta_of(&path);
         if fresh.ino != seen.ino {
             assert!(matches!(
-                hash_file(&path, &seen, &mut buf),
+                hash_path(&path, &seen, &mut buf),
                 Err(HashError::Replaced)
             ));
         }

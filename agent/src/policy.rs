@@ -183,6 +183,16 @@ impl Policy {
         matches_self_or_ancestor(&self.exclude, path)
     }
 
+    /// Whether the walk skips this entry, given that its ancestors were
+    /// already walked (so only the path itself needs matching).
+    pub fn excludes_entry(&self, path: &[u8]) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        !self.exclude.is_empty()
+            && self
+                .exclude
+                .is_match(Path::new(std::ffi::OsStr::from_bytes(path)))
+    }
+
     /// Whether a path lies in a runtime zone.
     pub fn in_runtime_zone(&self, path: &[u8]) -> bool {
         matches_self_or_ancestor(&self.runtime_zones, path)

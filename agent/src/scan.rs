@@ -15,14 +15,16 @@
 //! silence.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use driftwatch_proto::{Entry, EntryKind, Unverified};
-use rustix::fs::{FileType, Stat};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 
 use crate::hash::{self, HashError};
 use crate::policy::Policy;
@@ -165,7 +167,27 @@ pub enum ScanError {
     Thread(io::Error),
 }
 
-/// Everything a scan found.
+/// The identity of an inode with more than one link: (device, inode).
+pub type LinkId = (u64, u64);
+
+/// Receives what one worker finds. Every worker has its own visitor, so a
+/// visitor needs no locks; the caller combines them when the walk is done.
+pub trait Visitor: Send {
+    /// A recorded entry; `link` is set when the inode has other links.
+    fn entry(&mut self, entry: Entry, link: Option<LinkId>);
+    /// A path that could not be fully recorded. For a directory, everything
+    /// below it is unrecorded too.
+    fn unverified(&mut self, path: Vec<u8>, reason: String);
+}
+
+/// Totals over all workers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+}
+
+/// Everything a scan found, collected and sorted.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Sorted by path, with hard-link groups assigned.
@@ -178,8 +200,63 @@ pub struct Scan {
     pub bytes_hashed: u64,
 }
 
-/// Scans `root`, skipping what `policy` excludes.
+/// Collects entries for [`scan`].
+#[derive(Default)]
+struct Collect {
+    entries: Vec<Entry>,
+    /// Only entries with other links, so the common case costs nothing.
+    links: Vec<(Box<[u8]>, LinkId)>,
+    unverified: Vec<Unverified>,
+}
+
+impl Visitor for Collect {
+    fn entry(&mut self, entry: Entry, link: Option<LinkId>) {
+        if let Some(link) = link {
+            self.links.push((entry.path.clone(), link));
+        }
+        self.entries.push(entry);
+    }
+
+    fn unverified(&mut self, path: Vec<u8>, reason: String) {
+        self.unverified.push(Unverified {
+            path: path.into(),
+            reason,
+        });
+    }
+}
+
+/// Scans `root`, skipping what `policy` excludes, and returns every entry
+/// sorted by path.
 pub fn scan(root: &Path, policy: &Policy, options: &ScanOptions) -> Result<Scan, ScanError> {
+    let (visitors, totals) = scan_with(root, policy, options, Collect::default)?;
+    let mut visitors = visitors.into_iter();
+    let mut all = visitors.next().unwrap_or_default();
+    for v in visitors {
+        all.entries.extend(v.entries);
+        all.links.extend(v.links);
+        all.unverified.extend(v.unverified);
+    }
+    all.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    all.entries.shrink_to_fit();
+    assign_hardlink_groups(&mut all.entries, all.links);
+    all.unverified.sort();
+    Ok(Scan {
+        entries: all.entries,
+        unverified: all.unverified,
+        files_hashed: totals.files_hashed,
+        bytes_hashed: totals.bytes_hashed,
+    })
+}
+
+/// Walks `root` with one visitor per worker thread (made by `new_visitor`)
+/// and returns the visitors, in no particular order, with the totals. The
+/// root's own entry goes to the first visitor.
+pub fn scan_with<V: Visitor>(
+    root: &Path,
+    policy: &Policy,
+    options: &ScanOptions,
+    new_visitor: impl Fn() -> V,
+) -> Result<(Vec<V>, Totals), ScanError> {
     let root = std::fs::canonicalize(root).map_err(|source| ScanError::Root {
         path: root.to_path_buf(),
         source,
@@ -212,59 +289,48 @@ pub fn scan(root: &Path, policy: &Policy, options: &ScanOptions) -> Result<Scan,
         wake: Condvar::new(),
     };
     let threads = options.threads.max(1);
-    let results: Vec<WorkerResult> = std::thread::scope(|s| {
+    let mut visitors: Vec<V> = (0..threads).map(|_| new_visitor()).collect();
+    visitors[0].entry(root_meta.to_entry(Vec::new()), None);
+    let totals = std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(threads);
-        for i in 0..threads {
+        for (i, visitor) in visitors.iter_mut().enumerate() {
             let walker = &walker;
             let handle = std::thread::Builder::new()
                 .name(format!("scan-{i}"))
-                .spawn_scoped(s, move || walker.work())
+                .spawn_scoped(s, move || walker.work(visitor))
                 .map_err(ScanError::Thread)?;
             handles.push(handle);
         }
-        Ok::<_, ScanError>(
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("scan worker panicked"))
-                .collect(),
-        )
-    })?;
-
-    let mut scan = Scan::default();
-    let mut links: Vec<(usize, LinkId)> = Vec::new();
-    let mut found = Vec::with_capacity(results.iter().map(|r| r.entries.len()).sum::<usize>() + 1);
-    found.push((root_meta.to_entry(Vec::new()), None));
-    for result in results {
-        found.extend(result.entries);
-        scan.unverified.extend(result.unverified);
-        scan.files_hashed += result.files_hashed;
-        scan.bytes_hashed += result.bytes_hashed;
-    }
-    found.sort_unstable_by(|a, b| a.0.path.cmp(&b.0.path));
-    scan.entries.reserve_exact(found.len());
-    for (index, (entry, link)) in found.into_iter().enumerate() {
-        if let Some(link) = link {
-            links.push((index, link));
+        let mut totals = Totals::default();
+        for handle in handles {
+            let t = handle.join().expect("scan worker panicked");
+            totals.files_hashed += t.files_hashed;
+            totals.bytes_hashed += t.bytes_hashed;
         }
-        scan.entries.push(entry);
-    }
-    assign_hardlink_groups(&mut scan.entries, links);
-    scan.unverified.sort();
-    Ok(scan)
+        Ok::<_, ScanError>(totals)
+    })?;
+    Ok((visitors, totals))
 }
-
-/// Identity of an inode with more than one link.
-type LinkId = (u64, u64);
 
 /// Entries sharing an inode get the same group number; groups are numbered
 /// in path order so the numbering depends only on the tree. An inode seen
 /// once (its other links are excluded or outside the root) is no group.
-fn assign_hardlink_groups(entries: &mut [Entry], links: Vec<(usize, LinkId)>) {
+/// `entries` must be sorted by path.
+pub fn assign_hardlink_groups(entries: &mut [Entry], links: Vec<(Box<[u8]>, LinkId)>) {
     let mut members: HashMap<LinkId, Vec<usize>> = HashMap::new();
-    for (index, id) in links {
-        members.entry(id).or_default().push(index);
+    for (path, id) in links {
+        if let Ok(index) = entries.binary_search_by(|e| e.path.cmp(&path)) {
+            members.entry(id).or_default().push(index);
+        }
     }
-    let mut groups: Vec<Vec<usize>> = members.into_values().filter(|m| m.len() > 1).collect();
+    let mut groups: Vec<Vec<usize>> = members
+        .into_values()
+        .filter(|m| m.len() > 1)
+        .map(|mut m| {
+            m.sort_unstable();
+            m
+        })
+        .collect();
     groups.sort_unstable_by_key(|m| m[0]);
     for (number, group) in groups.into_iter().enumerate() {
         for index in group {
@@ -276,8 +342,14 @@ fn assign_hardlink_groups(entries: &mut [Entry], links: Vec<(usize, LinkId)>) {
 enum Job {
     /// List this directory (relative path).
     Dir(Vec<u8>),
-    /// Hash this regular file, seen by `lstat` with this metadata.
-    File(Vec<u8>, Meta),
+    /// Hash a regular file: its directory (kept open, so the file is opened
+    /// relative to it), its name, its relative path, and what `lstat` saw.
+    File {
+        dir: Arc<OwnedFd>,
+        name: CString,
+        path: Vec<u8>,
+        seen: Meta,
+    },
 }
 
 struct QueueState {
@@ -295,31 +367,29 @@ struct Walker<'a> {
     wake: Condvar,
 }
 
-#[derive(Default)]
-struct WorkerResult {
-    entries: Vec<(Entry, Option<LinkId>)>,
-    unverified: Vec<Unverified>,
-    files_hashed: u64,
-    bytes_hashed: u64,
+/// One worker's view: its visitor and its counters.
+struct Worker<'v, V> {
+    visitor: &'v mut V,
+    totals: Totals,
 }
 
-impl WorkerResult {
+impl<V: Visitor> Worker<'_, V> {
     fn unverified(&mut self, path: Vec<u8>, reason: impl Into<String>) {
-        self.unverified.push(Unverified {
-            path: path.into(),
-            reason: reason.into(),
-        });
+        self.visitor.unverified(path, reason.into());
     }
 
     fn record(&mut self, entry: Entry, meta: &Meta) {
         let link = (meta.kind != EntryKind::Dir && meta.nlink > 1).then_some((meta.dev, meta.ino));
-        self.entries.push((entry, link));
+        self.visitor.entry(entry, link);
     }
 }
 
 impl Walker<'_> {
-    fn work(&self) -> WorkerResult {
-        let mut out = WorkerResult::default();
+    fn work<V: Visitor>(&self, visitor: &mut V) -> Totals {
+        let mut out = Worker {
+            visitor,
+            totals: Totals::default(),
+        };
         let mut buf = match self.options.content {
             ContentMode::Hash => vec![0u8; hash::BUFFER_SIZE],
             ContentMode::MetadataOnly => Vec::new(),
@@ -328,11 +398,16 @@ impl Walker<'_> {
         while let Some(job) = self.next_job() {
             match job {
                 Job::Dir(path) => self.list_dir(path, &mut new_jobs, &mut out),
-                Job::File(path, meta) => self.hash_file(path, meta, &mut buf, &mut out),
+                Job::File {
+                    dir,
+                    name,
+                    path,
+                    seen,
+                } => self.hash_file(&dir, &name, path, seen, &mut buf, &mut out),
             }
             self.finish_job(&mut new_jobs);
         }
-        out
+        out.totals
     }
 
     fn next_job(&self) -> Option<Job> {
@@ -371,15 +446,39 @@ impl Walker<'_> {
         }
     }
 
-    fn list_dir(&self, dir: Vec<u8>, jobs: &mut Vec<Job>, out: &mut WorkerResult) {
-        let read_dir = match std::fs::read_dir(self.absolute(&dir)) {
-            Ok(read_dir) => read_dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return out.unverified(dir, "vanished during scan");
+    /// Lists a directory through an open descriptor: every child is
+    /// stat'ed, read and opened relative to it, which is cheaper than
+    /// resolving full paths and cannot be redirected by a parent directory
+    /// swapped for a symlink mid-scan.
+    fn list_dir<V: Visitor>(&self, dir: Vec<u8>, jobs: &mut Vec<Job>, out: &mut Worker<'_, V>) {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::open(&self.absolute(&dir), flags, Mode::empty()) {
+            Ok(fd) => Arc::new(fd),
+            Err(Errno::NOENT) => return out.unverified(dir, "vanished during scan"),
+            Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
+                return out.unverified(dir, "replaced during scan; not entered");
             }
-            Err(e) => return out.unverified(dir, format!("cannot list directory: {e}")),
+            Err(e) => {
+                return out.unverified(
+                    dir,
+                    format!("cannot list directory: {}", io::Error::from(e)),
+                );
+            }
         };
-        for child in read_dir {
+        let listing = match Dir::read_from(&*fd) {
+            Ok(listing) => listing,
+            Err(e) => {
+                return out.unverified(
+                    dir,
+                    format!("cannot list directory: {}", io::Error::from(e)),
+                );
+            }
+        };
+        // Files are pushed after subdirectories so they are popped first:
+        // a directory's files are hashed (and its descriptor closed) before
+        // the walk goes deeper, which bounds the descriptors held open.
+        let mut files = Vec::new();
+        for child in listing {
             let child = match child {
                 Ok(child) => child,
                 Err(e) => {
@@ -387,31 +486,44 @@ impl Walker<'_> {
                     // directory rather than pretend it was complete.
                     out.unverified(
                         dir.clone(),
-                        format!("directory listing failed part-way: {e}"),
+                        format!("directory listing failed part-way: {}", io::Error::from(e)),
                     );
                     break;
                 }
             };
-            let name = child.file_name().into_vec();
-            let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+            let name = child.file_name();
+            let name_bytes = name.to_bytes();
+            if name_bytes == b"." || name_bytes == b".." {
+                continue;
+            }
+            let mut path = Vec::with_capacity(dir.len() + 1 + name_bytes.len());
             if !dir.is_empty() {
                 path.extend_from_slice(&dir);
                 path.push(b'/');
             }
-            path.extend_from_slice(&name);
-            if self.policy.is_excluded(&path) {
+            path.extend_from_slice(name_bytes);
+            // Ancestors were checked when they were walked.
+            if self.policy.excludes_entry(&path) {
                 continue;
             }
-            self.visit(path, jobs, out);
+            self.visit(&fd, name, path, jobs, &mut files, out);
         }
+        jobs.append(&mut files);
     }
 
     /// Records one path found in a listing, queueing the work it needs.
-    fn visit(&self, path: Vec<u8>, jobs: &mut Vec<Job>, out: &mut WorkerResult) {
-        let absolute = self.absolute(&path);
-        let meta = match rustix::fs::lstat(&absolute) {
+    fn visit<V: Visitor>(
+        &self,
+        dir: &Arc<OwnedFd>,
+        name: &CStr,
+        path: Vec<u8>,
+        jobs: &mut Vec<Job>,
+        files: &mut Vec<Job>,
+        out: &mut Worker<'_, V>,
+    ) {
+        let meta = match rustix::fs::statat(&**dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Meta::from_stat(&st),
-            Err(rustix::io::Errno::NOENT) => return out.unverified(path, "vanished during scan"),
+            Err(Errno::NOENT) => return out.unverified(path, "vanished during scan"),
             Err(e) => return out.unverified(path, format!("cannot stat: {}", io::Error::from(e))),
         };
         match meta.kind {
@@ -427,11 +539,17 @@ impl Walker<'_> {
                 out.record(meta.to_entry(path), &meta);
             }
             EntryKind::File if self.options.content == ContentMode::Hash => {
-                jobs.push(Job::File(path, meta));
+                files.push(Job::File {
+                    dir: Arc::clone(dir),
+                    name: name.to_owned(),
+                    path,
+                    seen: meta,
+                });
             }
             EntryKind::File => {
                 let mut entry = meta.to_entry(path);
-                match hash::read_capability_at(&absolute) {
+                // No *at form of getxattr exists on older kernels: use the path.
+                match hash::read_capability_at(&self.absolute(&entry.path)) {
                     Ok(capability) => entry.capability = capability,
                     Err(e) => out.unverified(
                         entry.path.to_vec(),
@@ -442,16 +560,19 @@ impl Walker<'_> {
             }
             EntryKind::Symlink => {
                 let mut entry = meta.to_entry(path);
-                match std::fs::read_link(&absolute) {
+                match rustix::fs::readlinkat(&**dir, name, Vec::new()) {
                     Ok(target) => {
-                        entry.symlink_target = Some(target.into_os_string().into_vec().into());
+                        entry.symlink_target = Some(target.into_bytes().into());
                         out.record(entry, &meta);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        out.unverified(entry.path.to_vec(), "vanished during scan");
+                    Err(Errno::NOENT) => {
+                        out.unverified(entry.path.to_vec(), "vanished during scan")
                     }
                     Err(e) => {
-                        out.unverified(entry.path.to_vec(), format!("cannot read symlink: {e}"));
+                        out.unverified(
+                            entry.path.to_vec(),
+                            format!("cannot read symlink: {}", io::Error::from(e)),
+                        );
                         out.record(entry, &meta);
                     }
                 }
@@ -465,12 +586,19 @@ impl Walker<'_> {
         }
     }
 
-    fn hash_file(&self, path: Vec<u8>, seen: Meta, buf: &mut [u8], out: &mut WorkerResult) {
-        let absolute = self.absolute(&path);
-        match hash::hash_file(&absolute, &seen, buf) {
+    fn hash_file<V: Visitor>(
+        &self,
+        dir: &Arc<OwnedFd>,
+        name: &CStr,
+        path: Vec<u8>,
+        seen: Meta,
+        buf: &mut [u8],
+        out: &mut Worker<'_, V>,
+    ) {
+        match hash::hash_file(&**dir, name, &seen, buf) {
             Ok(hashed) => {
-                out.files_hashed += 1;
-                out.bytes_hashed += hashed.meta.size;
+                out.totals.files_hashed += 1;
+                out.totals.bytes_hashed += hashed.meta.size;
                 let mut entry = hashed.meta.to_entry(path);
                 entry.blake3 = Some(hashed.blake3);
                 entry.capability = hashed.capability;
@@ -479,23 +607,15 @@ impl Walker<'_> {
             Err(HashError::Vanished) => out.unverified(path, "vanished during scan"),
             Err(HashError::Replaced) => {
                 // Record whatever is there now, but never chase a path that
-                // keeps being swapped: a second swap is reported.
-                match rustix::fs::lstat(&absolute).map(|st| Meta::from_stat(&st)) {
-                    Ok(now) if now.kind != EntryKind::File => {
-                        let mut jobs = Vec::new();
-                        self.visit(path, &mut jobs, out);
-                        // A directory that appeared mid-scan is not entered.
-                        for job in jobs {
-                            if let Job::Dir(dir) = job {
-                                out.unverified(dir, "appeared during scan; not entered");
-                            }
-                        }
-                    }
-                    Ok(now) => {
-                        out.unverified(path.clone(), "replaced during scan; content not read");
-                        out.record(now.to_entry(path), &now);
-                    }
-                    Err(_) => out.unverified(path, "vanished during scan"),
+                // keeps being swapped, and never enter a directory that
+                // appeared mid-scan.
+                let mut jobs = Vec::new();
+                let mut files = Vec::new();
+                self.visit(dir, name, path.clone(), &mut jobs, &mut files, out);
+                if !files.is_empty() {
+                    out.unverified(path, "replaced during scan; content not read");
+                } else if !jobs.is_empty() {
+                    out.unverified(path, "replaced by a directory during scan; not entered");
                 }
             }
             Err(e @ HashError::KeptChanging) | Err(e @ HashError::Io(_)) => {

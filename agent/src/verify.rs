@@ -1,10 +1,13 @@
 //! Verify: compare a live root and package set with a manifest, both ways.
 //!
-//! Both sides are sorted by path, so the comparison is one merge pass: a
-//! path only in the manifest was removed, a path only on the host was added
-//! (the direction `b3sum --check` cannot see), and a path on both is
-//! compared field by field. Content is compared by hash whatever the
-//! timestamps say, so `touch -r` cannot hide a change.
+//! The comparison happens inside the walk: each scan worker has a
+//! [`Compare`] visitor that looks every live entry up in the (sorted)
+//! manifest and keeps only what deviates, plus the index of each manifest
+//! entry it saw. So memory grows with the manifest and the drift, never
+//! with a second copy of the tree. After the walk, manifest entries nobody
+//! saw are the removals; a live entry the manifest lacks is an addition
+//! (the direction `b3sum --check` cannot see). Content is compared by hash
+//! whatever the timestamps say, so `touch -r` cannot hide a change.
 //!
 //! What could not be verified on either side (unreadable at bake time,
 //! unreadable or vanished now, a directory that could not be listed) is
@@ -24,7 +27,7 @@ use crate::packages::{self, PackageScan};
 use crate::path::display;
 use crate::policy::{Policy, PolicyError};
 use crate::report::{Attrs, Coverage, Deviation, DeviationKind, PolicySource, Report, Subject};
-use crate::scan::{self, ContentMode, Scan, ScanError, ScanOptions};
+use crate::scan::{self, ContentMode, LinkId, ScanError, ScanOptions, Visitor};
 
 /// Why a verify could not run.
 #[derive(Debug, thiserror::Error)]
@@ -53,78 +56,442 @@ pub fn verify(
             (&baked_policy, PolicySource::Manifest)
         }
     };
-    let live = scan::scan(root, policy, options)?;
-    let live_packages = packages::read_installed(root);
-    let mut report = compare(
-        &manifest.manifest,
-        &live,
-        &live_packages,
-        policy,
-        options.content,
-    );
-    report.manifest_digest = manifest.digest;
-    report.policy_source = policy_source;
-    report.elapsed_secs = started.elapsed().as_secs_f64();
-    Ok(report)
-}
-
-/// The comparison itself, on already-gathered data.
-pub fn compare(
-    manifest: &Manifest,
-    live: &Scan,
-    live_packages: &PackageScan,
-    policy: &Policy,
-    content_mode: ContentMode,
-) -> Report {
-    let mut cmp = Comparison {
-        policy,
-        content_mode,
-        baked_unverified: Covered::new(&manifest.unverified),
-        live_unverified: Covered::new(&live.unverified),
-        manifest_leaders: hardlink_leaders(&manifest.entries),
-        live_leaders: hardlink_leaders(&live.entries),
-        recheck_exclusions: policy.spec() != &manifest.policy,
-        drift: DriftCounts::default(),
-        deviations: Vec::new(),
-        runtime_zone_changes: Vec::new(),
-        not_verified: Vec::new(),
-        entries_checked: 0,
-        packages_checked: 0,
+    let image = &manifest.manifest;
+    let baked_unverified = Covered::new(&image.unverified);
+    let context = Context {
+        entries: &image.entries,
+        content_mode: options.content,
+        baked_unverified: &baked_unverified,
     };
-    cmp.compare_entries(&manifest.entries, &live.entries);
-    cmp.compare_packages(manifest, live_packages);
+    let (visitors, totals) = scan::scan_with(root, policy, options, || Compare::new(&context))?;
+    let live_packages = packages::read_installed(root);
 
-    let mut not_verified = cmp.not_verified;
-    not_verified.extend(live.unverified.iter().cloned());
+    let mut outcome = Outcome::default();
+    let mut seen = vec![false; image.entries.len()];
+    let mut live_links = Vec::new();
+    let mut live_unverified = Vec::new();
+    for v in visitors {
+        for i in v.seen {
+            seen[i] = true;
+        }
+        outcome.deviations.extend(v.deviations);
+        outcome.observed_entries += v.observed;
+        outcome.checked_entries += v.checked;
+        live_links.extend(v.links);
+        live_unverified.extend(v.unverified);
+    }
+    live_unverified.sort();
+    let live_covered = Covered::new(&live_unverified);
+    // Only a policy other than the baked one can exclude manifest entries.
+    let recheck_exclusions = policy.spec() != &image.policy;
+    for (entry, _) in image.entries.iter().zip(&seen).filter(|(_, seen)| !**seen) {
+        if recheck_exclusions && policy.is_excluded(&entry.path) {
+            continue;
+        }
+        outcome.observed_entries += 1;
+        if live_covered.contains(&entry.path) {
+            // Not seen because it could not be read, not because it left.
+            continue;
+        }
+        outcome.checked_entries += 1;
+        outcome.deviations.push(Deviation {
+            kind: DeviationKind::Removed,
+            subject: Subject::Path(entry.path.clone()),
+            expected: Some(full_attrs(entry)),
+            actual: None,
+        });
+    }
+    compare_hardlinks(image, &seen, live_links, &mut outcome.deviations);
+    compare_packages(image, &live_packages, &mut outcome);
+
+    let mut not_verified = outcome.not_verified;
+    not_verified.extend(live_unverified);
     not_verified.extend(live_packages.problems.iter().cloned());
     // What bake could not record is unverified now too.
-    not_verified.extend(manifest.unverified.iter().map(|u| Unverified {
+    not_verified.extend(image.unverified.iter().map(|u| Unverified {
         path: u.path.clone(),
         reason: format!("not recorded at bake time: {}", u.reason),
     }));
     not_verified.sort();
     not_verified.dedup_by(|a, b| a.path == b.path);
 
-    let mut deviations = cmp.deviations;
+    // Runtime zones are observed but never drift: their changes are shown
+    // apart.
+    let (runtime_zone_changes, mut deviations): (Vec<Deviation>, Vec<Deviation>) = outcome
+        .deviations
+        .into_iter()
+        .partition(|d| matches!(&d.subject, Subject::Path(p) if policy.in_runtime_zone(p)));
     deviations
         .sort_by(|a, b| (a.kind, subject_key(&a.subject)).cmp(&(b.kind, subject_key(&b.subject))));
-    Report {
-        manifest_digest: driftwatch_proto::Digest([0; 32]),
-        image: manifest.provenance.clone(),
-        content_mode,
-        policy_source: PolicySource::Manifest,
-        drift: cmp.drift,
+    let mut deviating: Vec<(&[u8], &str)> =
+        deviations.iter().map(|d| subject_key(&d.subject)).collect();
+    deviating.sort_unstable();
+    deviating.dedup();
+    let drift = DriftCounts {
+        deviating: deviating.len() as u64,
+        observed: outcome.observed_entries + outcome.observed_packages,
+    };
+
+    Ok(Report {
+        manifest_digest: manifest.digest,
+        image: image.provenance.clone(),
+        content_mode: options.content,
+        policy_source,
+        drift,
         deviations,
-        runtime_zone_changes: cmp.runtime_zone_changes,
+        runtime_zone_changes,
         coverage: Coverage {
-            entries_checked: cmp.entries_checked,
-            packages_checked: cmp.packages_checked,
-            files_hashed: live.files_hashed,
-            bytes_hashed: live.bytes_hashed,
+            entries_checked: outcome.checked_entries,
+            packages_checked: outcome.checked_packages,
+            files_hashed: totals.files_hashed,
+            bytes_hashed: totals.bytes_hashed,
             not_verified,
             excluded: policy.spec().exclude.clone(),
         },
-        elapsed_secs: 0.0,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What every worker's visitor shares, read-only.
+struct Context<'a> {
+    /// The manifest's entries, sorted by path.
+    entries: &'a [Entry],
+    content_mode: ContentMode,
+    baked_unverified: &'a Covered<'a>,
+}
+
+/// One worker's comparison of the live entries it finds.
+struct Compare<'a> {
+    ctx: &'a Context<'a>,
+    /// Indices of manifest entries found on the host.
+    seen: Vec<usize>,
+    deviations: Vec<Deviation>,
+    /// Live entries with other links, for the hard-link comparison.
+    links: Vec<(Box<[u8]>, LinkId)>,
+    unverified: Vec<Unverified>,
+    observed: u64,
+    checked: u64,
+}
+
+impl<'a> Compare<'a> {
+    fn new(ctx: &'a Context<'a>) -> Compare<'a> {
+        Compare {
+            ctx,
+            seen: Vec::new(),
+            deviations: Vec::new(),
+            links: Vec::new(),
+            unverified: Vec::new(),
+            observed: 0,
+            checked: 0,
+        }
+    }
+}
+
+impl Visitor for Compare<'_> {
+    fn entry(&mut self, actual: Entry, link: Option<LinkId>) {
+        if let Some(link) = link {
+            self.links.push((actual.path.clone(), link));
+        }
+        let found = self
+            .ctx
+            .entries
+            .binary_search_by(|e| e.path.cmp(&actual.path));
+        match found {
+            Ok(index) => {
+                self.seen.push(index);
+                self.observed += 1;
+                let expected = &self.ctx.entries[index];
+                let (deviations, comparable) =
+                    compare_entry(expected, &actual, self.ctx.content_mode);
+                self.checked += u64::from(comparable);
+                self.deviations.extend(deviations);
+            }
+            Err(_) => {
+                self.observed += 1;
+                if self.ctx.baked_unverified.contains(&actual.path) {
+                    // The image's side of this path was never recorded.
+                    return;
+                }
+                self.checked += 1;
+                self.deviations.push(Deviation {
+                    kind: DeviationKind::Added,
+                    subject: Subject::Path(actual.path.clone()),
+                    expected: None,
+                    actual: Some(full_attrs(&actual)),
+                });
+            }
+        }
+    }
+
+    fn unverified(&mut self, path: Vec<u8>, reason: String) {
+        self.unverified.push(Unverified {
+            path: path.into(),
+            reason,
+        });
+    }
+}
+
+/// Compares one path present on both sides. Returns its deviations and
+/// whether it could be fully compared (content unreadable on either side
+/// makes it not verified; that side already reported why).
+fn compare_entry(e: &Entry, a: &Entry, content_mode: ContentMode) -> (Vec<Deviation>, bool) {
+    let mut found = Vec::new();
+    let (mut exp, mut act) = (Attrs::default(), Attrs::default());
+    if e.kind != a.kind {
+        exp.kind = Some(e.kind);
+        act.kind = Some(a.kind);
+    }
+    diff(&mut exp.mode, &mut act.mode, e.mode, a.mode);
+    diff(&mut exp.uid, &mut act.uid, e.uid, a.uid);
+    diff(&mut exp.gid, &mut act.gid, e.gid, a.gid);
+    diff(
+        &mut exp.capability,
+        &mut act.capability,
+        capability(e),
+        capability(a),
+    );
+    if exp != Attrs::default() {
+        found.push(Deviation {
+            kind: DeviationKind::Metadata,
+            subject: Subject::Path(e.path.clone()),
+            expected: Some(exp),
+            actual: Some(act),
+        });
+    }
+    let (mut exp, mut act) = (Attrs::default(), Attrs::default());
+    let mut comparable = true;
+    if e.kind == a.kind {
+        match e.kind {
+            EntryKind::File => match content_mode {
+                ContentMode::Hash => match (e.blake3, a.blake3) {
+                    (Some(eh), Some(ah)) if eh != ah => {
+                        exp.blake3 = Some(eh);
+                        act.blake3 = Some(ah);
+                        exp.size = Some(e.size);
+                        act.size = Some(a.size);
+                    }
+                    (Some(_), Some(_)) => {}
+                    _ => comparable = false,
+                },
+                ContentMode::MetadataOnly => {
+                    diff(&mut exp.size, &mut act.size, e.size, a.size);
+                    diff(&mut exp.mtime, &mut act.mtime, mtime(e), mtime(a));
+                }
+            },
+            EntryKind::Symlink => {
+                if e.symlink_target != a.symlink_target {
+                    exp.symlink_target = e.symlink_target.as_deref().map(display);
+                    act.symlink_target = a.symlink_target.as_deref().map(display);
+                }
+            }
+            EntryKind::CharDevice | EntryKind::BlockDevice => {
+                if e.device != a.device {
+                    exp.device = device(e);
+                    act.device = device(a);
+                }
+            }
+            EntryKind::Dir | EntryKind::Fifo | EntryKind::Socket => {}
+        }
+    }
+    if exp != Attrs::default() {
+        found.push(Deviation {
+            kind: DeviationKind::Modified,
+            subject: Subject::Path(e.path.clone()),
+            expected: Some(exp),
+            actual: Some(act),
+        });
+    }
+    (found, comparable)
+}
+
+/// Compares which paths share an inode, on each side. Runs after the walk
+/// because a link's peers may be found by other workers. A difference joins
+/// the path's metadata deviation, or becomes one.
+fn compare_hardlinks(
+    image: &Manifest,
+    seen: &[bool],
+    live_links: Vec<(Box<[u8]>, LinkId)>,
+    deviations: &mut Vec<Deviation>,
+) {
+    // Live groups: the first path of each inode seen more than once.
+    let mut by_inode: HashMap<LinkId, Vec<Box<[u8]>>> = HashMap::new();
+    for (path, id) in live_links {
+        by_inode.entry(id).or_default().push(path);
+    }
+    let mut live_leader: HashMap<Box<[u8]>, String> = HashMap::new();
+    for mut members in by_inode.into_values().filter(|m| m.len() > 1) {
+        members.sort_unstable();
+        let leader = display(&members[0]);
+        for path in members {
+            live_leader.insert(path, leader.clone());
+        }
+    }
+    let mut image_leader: HashMap<u32, &[u8]> = HashMap::new();
+    for e in image.entries.iter().filter(|e| e.hardlink_group != 0) {
+        image_leader.entry(e.hardlink_group).or_insert(&e.path);
+    }
+    let none = || "none".to_string();
+    let expected_of = |e: &Entry| {
+        image_leader
+            .get(&e.hardlink_group)
+            .filter(|_| e.hardlink_group != 0)
+            .map_or_else(none, |p| display(p))
+    };
+
+    // Additions and removals show their links in full.
+    for d in deviations.iter_mut() {
+        if let (Subject::Path(p), DeviationKind::Added, Some(actual)) =
+            (&d.subject, d.kind, d.actual.as_mut())
+        {
+            actual.hardlinked_with = live_leader.get(p).cloned();
+        }
+        if let (Subject::Path(p), DeviationKind::Removed, Some(expected)) =
+            (&d.subject, d.kind, d.expected.as_mut())
+            && let Ok(i) = image.entries.binary_search_by(|e| e.path.cmp(p))
+            && image.entries[i].hardlink_group != 0
+        {
+            expected.hardlinked_with = Some(expected_of(&image.entries[i]));
+        }
+    }
+    // Paths on both sides where either side is linked.
+    let mut candidates: Vec<usize> = image
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| seen[*i] && e.hardlink_group != 0)
+        .map(|(i, _)| i)
+        .collect();
+    for path in live_leader.keys() {
+        if let Ok(i) = image.entries.binary_search_by(|e| e.path.cmp(path)) {
+            candidates.push(i);
+        }
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    for i in candidates {
+        let entry = &image.entries[i];
+        let expected = expected_of(entry);
+        let actual = live_leader.get(&entry.path).cloned().unwrap_or_else(none);
+        if expected == actual {
+            continue;
+        }
+        let key = (&entry.path[..], "");
+        let existing = deviations
+            .iter_mut()
+            .find(|d| d.kind == DeviationKind::Metadata && subject_key(&d.subject) == key);
+        match existing {
+            Some(d) => {
+                d.expected
+                    .get_or_insert_with(Attrs::default)
+                    .hardlinked_with = Some(expected);
+                d.actual.get_or_insert_with(Attrs::default).hardlinked_with = Some(actual);
+            }
+            None => deviations.push(Deviation {
+                kind: DeviationKind::Metadata,
+                subject: Subject::Path(entry.path.clone()),
+                expected: Some(Attrs {
+                    hardlinked_with: Some(expected),
+                    ..Attrs::default()
+                }),
+                actual: Some(Attrs {
+                    hardlinked_with: Some(actual),
+                    ..Attrs::default()
+                }),
+            }),
+        }
+    }
+}
+
+/// What the comparison adds up to, before it becomes a report.
+#[derive(Default)]
+struct Outcome {
+    deviations: Vec<Deviation>,
+    not_verified: Vec<Unverified>,
+    observed_entries: u64,
+    observed_packages: u64,
+    checked_entries: u64,
+    checked_packages: u64,
+}
+
+fn compare_packages(manifest: &Manifest, live: &PackageScan, outcome: &mut Outcome) {
+    let live_managers: Vec<PackageManager> = live.databases.iter().map(|d| d.manager).collect();
+    // A database the image had but the host lacks cannot tell us what is
+    // installed: its packages are unverified, not all removed. (The
+    // database file itself shows up as a removed path.)
+    let mut missing: Vec<PackageManager> = Vec::new();
+    for db in &manifest.package_databases {
+        if !live_managers.contains(&db.manager) && !missing.contains(&db.manager) {
+            missing.push(db.manager);
+            outcome.not_verified.push(Unverified {
+                path: db.path.as_bytes().into(),
+                reason: format!(
+                    "{} database missing on the host; its packages were not verified",
+                    db.manager
+                ),
+            });
+        }
+    }
+    let mut expected: Vec<&Package> = manifest.packages.iter().collect();
+    let mut actual: Vec<&Package> = live.packages.iter().collect();
+    expected.sort_by(|a, b| a.key().cmp(&b.key()));
+    actual.sort_by(|a, b| a.key().cmp(&b.key()));
+    let (mut i, mut j) = (0, 0);
+    while i < expected.len() || j < actual.len() {
+        let order = match (expected.get(i), actual.get(j)) {
+            (Some(e), Some(a)) => e.key().cmp(&a.key()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, _) => std::cmp::Ordering::Greater,
+        };
+        outcome.observed_packages += 1;
+        let deviation = match order {
+            std::cmp::Ordering::Less => {
+                let e = expected[i];
+                i += 1;
+                if missing.contains(&e.manager) {
+                    continue;
+                }
+                package_deviation(DeviationKind::PackageRemoved, e, Some(e), None)
+            }
+            std::cmp::Ordering::Greater => {
+                let a = actual[j];
+                j += 1;
+                package_deviation(DeviationKind::PackageAdded, a, None, Some(a))
+            }
+            std::cmp::Ordering::Equal => {
+                let (e, a) = (expected[i], actual[j]);
+                i += 1;
+                j += 1;
+                if e.version == a.version {
+                    outcome.checked_packages += 1;
+                    continue;
+                }
+                package_deviation(DeviationKind::PackageChanged, e, Some(e), Some(a))
+            }
+        };
+        outcome.checked_packages += 1;
+        outcome.deviations.push(deviation);
+    }
+}
+
+fn package_deviation(
+    kind: DeviationKind,
+    package: &Package,
+    expected: Option<&Package>,
+    actual: Option<&Package>,
+) -> Deviation {
+    let version = |p: &Package| Attrs {
+        version: Some(p.version.clone()),
+        ..Attrs::default()
+    };
+    Deviation {
+        kind,
+        subject: Subject::Package {
+            manager: package.manager,
+            name: package.name.clone(),
+            architecture: package.architecture.clone(),
+        },
+        expected: expected.map(version),
+        actual: actual.map(version),
     }
 }
 
@@ -167,302 +534,19 @@ impl<'a> Covered<'a> {
     }
 }
 
-/// For each hard-link group, its first path: what `hardlinked_with` shows.
-fn hardlink_leaders(entries: &[Entry]) -> HashMap<u32, &[u8]> {
-    let mut leaders = HashMap::new();
-    for entry in entries.iter().filter(|e| e.hardlink_group != 0) {
-        leaders
-            .entry(entry.hardlink_group)
-            .or_insert(&entry.path[..]);
-    }
-    leaders
-}
-
-struct Comparison<'a> {
-    policy: &'a Policy,
-    content_mode: ContentMode,
-    baked_unverified: Covered<'a>,
-    live_unverified: Covered<'a>,
-    manifest_leaders: HashMap<u32, &'a [u8]>,
-    live_leaders: HashMap<u32, &'a [u8]>,
-    /// Only a policy other than the baked one can exclude manifest entries.
-    recheck_exclusions: bool,
-    drift: DriftCounts,
-    deviations: Vec<Deviation>,
-    runtime_zone_changes: Vec<Deviation>,
-    not_verified: Vec<Unverified>,
-    entries_checked: u64,
-    packages_checked: u64,
-}
-
-impl<'a> Comparison<'a> {
-    fn compare_entries(&mut self, expected: &'a [Entry], actual: &'a [Entry]) {
-        let (mut i, mut j) = (0, 0);
-        while i < expected.len() || j < actual.len() {
-            let order = match (expected.get(i), actual.get(j)) {
-                (Some(e), Some(a)) => e.path.cmp(&a.path),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, _) => std::cmp::Ordering::Greater,
-            };
-            match order {
-                std::cmp::Ordering::Less => {
-                    self.only_in_manifest(&expected[i]);
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    self.only_on_host(&actual[j]);
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    self.on_both(&expected[i], &actual[j]);
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-    }
-
-    fn only_in_manifest(&mut self, e: &Entry) {
-        if self.recheck_exclusions && self.policy.is_excluded(&e.path) {
-            return;
-        }
-        self.drift.observed += 1;
-        if self.live_unverified.contains(&e.path) {
-            // Not seen now because it could not be read, not because it left.
-            return;
-        }
-        self.entries_checked += 1;
-        self.record(
-            vec![Deviation {
-                kind: DeviationKind::Removed,
-                subject: Subject::Path(e.path.clone()),
-                expected: Some(self.full_attrs(e, &self.manifest_leaders)),
-                actual: None,
-            }],
-            &e.path,
-        );
-    }
-
-    fn only_on_host(&mut self, a: &Entry) {
-        self.drift.observed += 1;
-        if self.baked_unverified.contains(&a.path) {
-            // The image's side of this path was never recorded.
-            return;
-        }
-        self.entries_checked += 1;
-        self.record(
-            vec![Deviation {
-                kind: DeviationKind::Added,
-                subject: Subject::Path(a.path.clone()),
-                expected: None,
-                actual: Some(self.full_attrs(a, &self.live_leaders)),
-            }],
-            &a.path,
-        );
-    }
-
-    fn on_both(&mut self, e: &Entry, a: &Entry) {
-        self.drift.observed += 1;
-        self.entries_checked += 1;
-        let mut found = Vec::new();
-        let (mut exp, mut act) = (Attrs::default(), Attrs::default());
-        if e.kind != a.kind {
-            exp.kind = Some(e.kind);
-            act.kind = Some(a.kind);
-        }
-        diff(&mut exp.mode, &mut act.mode, e.mode, a.mode);
-        diff(&mut exp.uid, &mut act.uid, e.uid, a.uid);
-        diff(&mut exp.gid, &mut act.gid, e.gid, a.gid);
-        diff(
-            &mut exp.capability,
-            &mut act.capability,
-            capability(e),
-            capability(a),
-        );
-        diff(
-            &mut exp.hardlinked_with,
-            &mut act.hardlinked_with,
-            leader(e, &self.manifest_leaders),
-            leader(a, &self.live_leaders),
-        );
-        if exp != Attrs::default() {
-            found.push(Deviation {
-                kind: DeviationKind::Metadata,
-                subject: Subject::Path(e.path.clone()),
-                expected: Some(exp),
-                actual: Some(act),
-            });
-        }
-        if e.kind == a.kind
-            && let Some((exp, act)) = self.content_change(e, a)
-        {
-            found.push(Deviation {
-                kind: DeviationKind::Modified,
-                subject: Subject::Path(e.path.clone()),
-                expected: Some(exp),
-                actual: Some(act),
-            });
-        }
-        self.record(found, &e.path);
-    }
-
-    /// The content side of a path present on both sides with one type.
-    fn content_change(&mut self, e: &Entry, a: &Entry) -> Option<(Attrs, Attrs)> {
-        let (mut exp, mut act) = (Attrs::default(), Attrs::default());
-        match e.kind {
-            EntryKind::File => match self.content_mode {
-                ContentMode::Hash => match (e.blake3, a.blake3) {
-                    (Some(eh), Some(ah)) => {
-                        if eh != ah {
-                            exp.blake3 = Some(eh);
-                            act.blake3 = Some(ah);
-                            exp.size = Some(e.size);
-                            act.size = Some(a.size);
-                        }
-                    }
-                    // Unreadable on one side: already listed as unverified.
-                    _ => {
-                        self.entries_checked -= 1;
-                        return None;
-                    }
-                },
-                ContentMode::MetadataOnly => {
-                    diff(&mut exp.size, &mut act.size, e.size, a.size);
-                    diff(&mut exp.mtime, &mut act.mtime, mtime(e), mtime(a));
-                }
-            },
-            EntryKind::Symlink => {
-                if e.symlink_target != a.symlink_target {
-                    exp.symlink_target = e.symlink_target.as_deref().map(display);
-                    act.symlink_target = a.symlink_target.as_deref().map(display);
-                }
-            }
-            EntryKind::CharDevice | EntryKind::BlockDevice => {
-                if e.device != a.device {
-                    exp.device = device(e);
-                    act.device = device(a);
-                }
-            }
-            EntryKind::Dir | EntryKind::Fifo | EntryKind::Socket => {}
-        }
-        (exp != Attrs::default()).then_some((exp, act))
-    }
-
-    /// Files deviations under drift or under runtime zones, and counts the
-    /// path once towards `deviating`.
-    fn record(&mut self, found: Vec<Deviation>, path: &[u8]) {
-        if found.is_empty() {
-            return;
-        }
-        if self.policy.in_runtime_zone(path) {
-            self.drift.observed -= 1;
-            self.runtime_zone_changes.extend(found);
-        } else {
-            self.drift.deviating += 1;
-            self.deviations.extend(found);
-        }
-    }
-
-    /// Everything recorded about an entry, for additions and removals.
-    fn full_attrs(&self, entry: &Entry, leaders: &HashMap<u32, &[u8]>) -> Attrs {
-        Attrs {
-            kind: Some(entry.kind),
-            mode: Some(entry.mode),
-            uid: Some(entry.uid),
-            gid: Some(entry.gid),
-            size: (entry.kind == EntryKind::File).then_some(entry.size),
-            blake3: entry.blake3,
-            symlink_target: entry.symlink_target.as_deref().map(display),
-            device: device(entry),
-            capability: entry.capability.is_some().then(|| capability(entry)),
-            hardlinked_with: (entry.hardlink_group != 0).then(|| leader(entry, leaders)),
-            ..Attrs::default()
-        }
-    }
-
-    fn compare_packages(&mut self, manifest: &Manifest, live: &PackageScan) {
-        let live_managers: Vec<PackageManager> = live.databases.iter().map(|d| d.manager).collect();
-        // A database the image had but the host lacks cannot tell us what is
-        // installed: its packages are unverified, not all removed. (The
-        // database file itself shows up as a removed path.)
-        let mut missing: Vec<PackageManager> = Vec::new();
-        for db in &manifest.package_databases {
-            if !live_managers.contains(&db.manager) && !missing.contains(&db.manager) {
-                missing.push(db.manager);
-                self.not_verified.push(Unverified {
-                    path: db.path.as_bytes().into(),
-                    reason: format!(
-                        "{} database missing on the host; its packages were not verified",
-                        db.manager
-                    ),
-                });
-            }
-        }
-        let mut expected: Vec<&Package> = manifest.packages.iter().collect();
-        let mut actual: Vec<&Package> = live.packages.iter().collect();
-        expected.sort_by(|a, b| a.key().cmp(&b.key()));
-        actual.sort_by(|a, b| a.key().cmp(&b.key()));
-        let (mut i, mut j) = (0, 0);
-        while i < expected.len() || j < actual.len() {
-            let order = match (expected.get(i), actual.get(j)) {
-                (Some(e), Some(a)) => e.key().cmp(&a.key()),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, _) => std::cmp::Ordering::Greater,
-            };
-            self.drift.observed += 1;
-            let deviation = match order {
-                std::cmp::Ordering::Less => {
-                    let e = expected[i];
-                    i += 1;
-                    if missing.contains(&e.manager) {
-                        continue;
-                    }
-                    package_deviation(DeviationKind::PackageRemoved, e, Some(e), None)
-                }
-                std::cmp::Ordering::Greater => {
-                    let a = actual[j];
-                    j += 1;
-                    package_deviation(DeviationKind::PackageAdded, a, None, Some(a))
-                }
-                std::cmp::Ordering::Equal => {
-                    let (e, a) = (expected[i], actual[j]);
-                    i += 1;
-                    j += 1;
-                    self.packages_checked += 1;
-                    if e.version == a.version {
-                        continue;
-                    }
-                    package_deviation(DeviationKind::PackageChanged, e, Some(e), Some(a))
-                }
-            };
-            if deviation.kind != DeviationKind::PackageChanged {
-                self.packages_checked += 1;
-            }
-            self.drift.deviating += 1;
-            self.deviations.push(deviation);
-        }
-    }
-}
-
-fn package_deviation(
-    kind: DeviationKind,
-    package: &Package,
-    expected: Option<&Package>,
-    actual: Option<&Package>,
-) -> Deviation {
-    let version = |p: &Package| Attrs {
-        version: Some(p.version.clone()),
+/// Everything recorded about an entry, for additions and removals.
+fn full_attrs(entry: &Entry) -> Attrs {
+    Attrs {
+        kind: Some(entry.kind),
+        mode: Some(entry.mode),
+        uid: Some(entry.uid),
+        gid: Some(entry.gid),
+        size: (entry.kind == EntryKind::File).then_some(entry.size),
+        blake3: entry.blake3,
+        symlink_target: entry.symlink_target.as_deref().map(display),
+        device: device(entry),
+        capability: entry.capability.is_some().then(|| capability(entry)),
         ..Attrs::default()
-    };
-    Deviation {
-        kind,
-        subject: Subject::Package {
-            manager: package.manager,
-            name: package.name.clone(),
-            architecture: package.architecture.clone(),
-        },
-        expected: expected.map(version),
-        actual: actual.map(version),
     }
 }
 
@@ -481,13 +565,6 @@ fn capability(entry: &Entry) -> String {
         .map_or_else(|| "none".to_string(), hex)
 }
 
-fn leader(entry: &Entry, leaders: &HashMap<u32, &[u8]>) -> String {
-    match leaders.get(&entry.hardlink_group) {
-        Some(first) if entry.hardlink_group != 0 => display(first),
-        _ => "none".to_string(),
-    }
-}
-
 fn device(entry: &Entry) -> Option<String> {
     entry
         .device
@@ -496,4 +573,46 @@ fn device(entry: &Entry) -> Option<String> {
 
 fn mtime(entry: &Entry) -> String {
     format!("{}.{:09}", entry.mtime_sec, entry.mtime_nsec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covered_stands_for_subtrees() {
+        let list = vec![Unverified {
+            path: (*b"secret").into(),
+            reason: String::new(),
+        }];
+        let covered = Covered::new(&list);
+        assert!(covered.contains(b"secret"));
+        assert!(covered.contains(b"secret/deep/key"));
+        assert!(!covered.contains(b"secrets"));
+        assert!(!covered.contains(b""));
+    }
+
+    #[test]
+    fn one_path_can_differ_in_content_and_metadata() {
+        let mut e = Entry::new(*b"usr/bin/tool", EntryKind::File);
+        e.mode = 0o755;
+        e.blake3 = Some([1; 32]);
+        let mut a = e.clone();
+        a.mode = 0o4755;
+        a.blake3 = Some([2; 32]);
+        let (found, comparable) = compare_entry(&e, &a, ContentMode::Hash);
+        assert!(comparable);
+        let kinds: Vec<DeviationKind> = found.iter().map(|d| d.kind).collect();
+        assert_eq!(kinds, [DeviationKind::Metadata, DeviationKind::Modified]);
+        // mtime alone is never drift when content is hashed.
+        let mut touched = e.clone();
+        touched.mtime_sec += 100;
+        assert!(compare_entry(&e, &touched, ContentMode::Hash).0.is_empty());
+        assert_eq!(
+            compare_entry(&e, &touched, ContentMode::MetadataOnly)
+                .0
+                .len(),
+            1
+        );
+    }
 }

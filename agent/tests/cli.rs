@@ -707,3 +707,50 @@ fn runtime_zones_from_a_policy_file_are_shown_apart() {
     assert_eq!(inspected["files"], 2);
     assert!(inspected["bytes_per_entry"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn hard_links_broken_or_made_are_metadata_drift() {
+    let f = Fixture::new();
+    sh(&format!(
+        "cd {} && echo same > a && ln a b && echo other > c",
+        f.r()
+    ));
+    let baked = f.bake(&[]);
+    assert_eq!(baked["files"], 4);
+    assert_eq!(f.verify(&[]).0, 0);
+    // Same content, but b is no longer the same inode as a; c becomes one.
+    sh(&format!(
+        "cd {} && cp b b.tmp && mv b.tmp b && rm c && ln a c",
+        f.r()
+    ));
+    let (code, report) = f.verify(&[]);
+    assert_eq!(code, 1, "{report:#}");
+    let found: Vec<(String, String, String)> = report["deviations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["path"].as_str().unwrap().to_string(),
+                d["expected"]["hardlinked_with"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string(),
+                d["actual"]["hardlinked_with"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        found.contains(&("b".into(), "a".into(), "none".into())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("c".into(), "none".into(), "a".into())),
+        "{found:?}"
+    );
+    // c's content changed too: that is its own deviation.
+    assert!(deviations(&report).contains(&("modified".to_string(), "c".to_string())));
+}

@@ -10,9 +10,10 @@
 //! - An *item* is one file-system path or one installed package (keyed by
 //!   manager, name and architecture).
 //! - *observed* counts every item present in the manifest **or** on the host,
-//!   outside excluded paths and runtime zones: the union of both sides. Using
-//!   the union (not just the manifest) keeps the figure within 100 even when
-//!   more is added than the image ever had.
+//!   outside excluded paths: the union of both sides. Using the union (not
+//!   just the manifest) keeps the figure within 100 even when more is added
+//!   than the image ever had. Items in runtime zones are observed but never
+//!   deviating: their changes are expected.
 //! - *deviating* counts the items with at least one deviation (added,
 //!   removed, content, metadata, or a package added, removed or changed).
 //!   A path that changed both content and mode counts once.

@@ -16,6 +16,7 @@
 //! checked, and any violation is a [`ManifestError`] naming what was wrong.
 
 use prost::Message;
+use prost::encoding::{WireType, decode_key, decode_varint, message};
 
 use super::{
     Digest, Entry, EntryKind, Manifest, Package, PackageDatabase, PackageManager, PolicySpec,
@@ -84,44 +85,44 @@ pub fn encode(manifest: &Manifest) -> Encoded {
     let mut unverified: Vec<&Unverified> = manifest.unverified.iter().collect();
     unverified.sort();
 
+    // Written field by field (in tag order, as prost would) so that only
+    // one protobuf entry exists at a time: a manifest of 100k+ entries
+    // would otherwise be held twice, once as domain types and once as pb.
+    let mut content = Vec::with_capacity(manifest.entries.len() * 64);
+    let policy = pb::Policy {
+        exclude: manifest.policy.exclude.clone(),
+        runtime_zones: manifest.policy.runtime_zones.clone(),
+    };
+    message::encode(CONTENT_POLICY, &policy, &mut content);
     let mut previous: &[u8] = &[];
-    let mut pb_entries = Vec::with_capacity(entries.len());
     for entry in entries {
-        pb_entries.push(entry_to_pb(entry, previous));
+        message::encode(CONTENT_ENTRIES, &entry_to_pb(entry, previous), &mut content);
         previous = &entry.path;
     }
-    let content = pb::Content {
-        policy: Some(pb::Policy {
-            exclude: manifest.policy.exclude.clone(),
-            runtime_zones: manifest.policy.runtime_zones.clone(),
-        }),
-        entries: pb_entries,
-        packages: packages
-            .into_iter()
-            .map(|p| pb::Package {
-                manager: manager_to_pb(p.manager) as i32,
-                name: p.name.clone(),
-                version: p.version.clone(),
-                architecture: p.architecture.clone(),
-            })
-            .collect(),
-        package_databases: databases
-            .into_iter()
-            .map(|d| pb::PackageDatabase {
-                manager: manager_to_pb(d.manager) as i32,
-                path: d.path.clone(),
-                package_count: d.package_count,
-            })
-            .collect(),
-        unverified: unverified
-            .into_iter()
-            .map(|u| pb::Unverified {
-                path: u.path.to_vec(),
-                reason: u.reason.clone(),
-            })
-            .collect(),
+    for p in packages {
+        let package = pb::Package {
+            manager: manager_to_pb(p.manager) as i32,
+            name: p.name.clone(),
+            version: p.version.clone(),
+            architecture: p.architecture.clone(),
+        };
+        message::encode(CONTENT_PACKAGES, &package, &mut content);
     }
-    .encode_to_vec();
+    for d in databases {
+        let database = pb::PackageDatabase {
+            manager: manager_to_pb(d.manager) as i32,
+            path: d.path.clone(),
+            package_count: d.package_count,
+        };
+        message::encode(CONTENT_PACKAGE_DATABASES, &database, &mut content);
+    }
+    for u in unverified {
+        let unverified = pb::Unverified {
+            path: u.path.to_vec(),
+            reason: u.reason.clone(),
+        };
+        message::encode(CONTENT_UNVERIFIED, &unverified, &mut content);
+    }
     let digest = Digest(*blake3::hash(&content).as_bytes());
     let p = &manifest.provenance;
     let file = pb::ManifestFile {
@@ -168,37 +169,67 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, ManifestError> {
             supported: FORMAT_VERSION,
         });
     }
-    let file = pb::ManifestFile::decode(&bytes[HEADER_LEN..])
-        .map_err(|e| ManifestError::corrupt(format!("file body: {e}")))?;
-    if file.content_blake3.len() != 32 {
-        return Err(ManifestError::Truncated("content checksum missing"));
+    // ManifestFile and Content are walked field by field rather than
+    // decoded whole: the content is hashed and read in place (no copy), and
+    // entries are converted one at a time (no Vec of protobuf entries).
+    let mut provenance = None;
+    let mut content: Option<&[u8]> = None;
+    let mut checksum: Option<&[u8]> = None;
+    for field in fields(&bytes[HEADER_LEN..]) {
+        let (tag, payload) =
+            field.map_err(|e| ManifestError::corrupt(format!("file body: {e}")))?;
+        match tag {
+            FILE_PROVENANCE => provenance = Some(payload),
+            FILE_CONTENT => content = Some(payload),
+            FILE_CONTENT_BLAKE3 => checksum = Some(payload),
+            _ => {} // unknown fields from a compatible writer are skipped
+        }
     }
-    let digest = Digest(*blake3::hash(&file.content).as_bytes());
-    if digest.0[..] != file.content_blake3[..] {
+    let checksum = checksum.ok_or(ManifestError::Truncated("content checksum missing"))?;
+    let content = content.ok_or(ManifestError::Truncated("content missing"))?;
+    if checksum.len() != 32 {
+        return Err(ManifestError::corrupt("content checksum is not 32 bytes"));
+    }
+    let digest = Digest(*blake3::hash(content).as_bytes());
+    if digest.0[..] != *checksum {
         return Err(ManifestError::ChecksumMismatch);
     }
-    let content = pb::Content::decode(&file.content[..])
+    let provenance = match provenance {
+        Some(p) => pb::Provenance::decode(p)
+            .map_err(|e| ManifestError::corrupt(format!("provenance: {e}")))?,
+        None => pb::Provenance::default(),
+    };
+    let provenance = Provenance {
+        image_id: provenance.image_id,
+        image_version: provenance.image_version,
+        source_commit: provenance.source_commit,
+        build_time_unix: provenance.build_time_unix,
+        tool_version: provenance.tool_version,
+    };
+    let rest = ContentWithoutEntries::decode(content)
         .map_err(|e| ManifestError::corrupt(format!("content: {e}")))?;
-    let provenance = file
-        .provenance
-        .map(|p| Provenance {
-            image_id: p.image_id,
-            image_version: p.image_version,
-            source_commit: p.source_commit,
-            build_time_unix: p.build_time_unix,
-            tool_version: p.tool_version,
-        })
-        .unwrap_or_default();
-    let policy = content
+    let policy = rest
         .policy
+        .clone()
         .map(|p| PolicySpec {
             exclude: p.exclude,
             runtime_zones: p.runtime_zones,
         })
         .unwrap_or_default();
 
-    let mut entries: Vec<Entry> = Vec::with_capacity(content.entries.len());
-    for (index, pb_entry) in content.entries.into_iter().enumerate() {
+    // Count first so the entries are allocated once, at their exact size.
+    let count = fields(content)
+        .filter(|f| matches!(f, Ok((CONTENT_ENTRIES, _))))
+        .count();
+    let mut entries: Vec<Entry> = Vec::with_capacity(count);
+    let mut index = 0usize;
+    for field in fields(content) {
+        let (tag, payload) = field.map_err(|e| ManifestError::corrupt(format!("content: {e}")))?;
+        if tag != CONTENT_ENTRIES {
+            continue;
+        }
+        let pb_entry = pb::Entry::decode(payload)
+            .map_err(|e| ManifestError::corrupt(format!("entry {index}: {e}")))?;
         let previous = entries.last().map(|e| &e.path[..]).unwrap_or(&[]);
         let entry = entry_from_pb(pb_entry, previous)
             .map_err(|why| ManifestError::corrupt(format!("entry {index}: {why}")))?;
@@ -208,7 +239,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, ManifestError> {
             )));
         }
         entries.push(entry);
+        index += 1;
     }
+    let content = rest;
 
     let mut packages = Vec::with_capacity(content.packages.len());
     for (index, p) in content.packages.into_iter().enumerate() {
@@ -254,6 +287,60 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, ManifestError> {
             unverified,
         },
         digest,
+    })
+}
+
+// Field numbers from manifest.proto, for the field-by-field walk.
+const FILE_PROVENANCE: u32 = 1;
+const FILE_CONTENT: u32 = 2;
+const FILE_CONTENT_BLAKE3: u32 = 3;
+const CONTENT_POLICY: u32 = 1;
+const CONTENT_ENTRIES: u32 = 2;
+const CONTENT_PACKAGES: u32 = 3;
+const CONTENT_PACKAGE_DATABASES: u32 = 4;
+const CONTENT_UNVERIFIED: u32 = 5;
+
+/// `pb::Content` without its entries: prost skips field 2, so the small
+/// parts decode normally while entries are streamed separately.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ContentWithoutEntries {
+    #[prost(message, optional, tag = "1")]
+    policy: Option<pb::Policy>,
+    #[prost(message, repeated, tag = "3")]
+    packages: Vec<pb::Package>,
+    #[prost(message, repeated, tag = "4")]
+    package_databases: Vec<pb::PackageDatabase>,
+    #[prost(message, repeated, tag = "5")]
+    unverified: Vec<pb::Unverified>,
+}
+
+/// The fields of a message whose fields are all length-delimited (true of
+/// `ManifestFile` and `Content`), as (tag, payload) borrowed from `buf`.
+fn fields(mut buf: &[u8]) -> impl Iterator<Item = Result<(u32, &[u8]), String>> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        let field = (|| {
+            let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+            if wire_type != WireType::LengthDelimited {
+                return Err(format!(
+                    "field {tag} has wire type {wire_type:?}, expected length-delimited"
+                ));
+            }
+            let len = decode_varint(&mut buf).map_err(|e| e.to_string())?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l <= buf.len())
+                .ok_or_else(|| format!("field {tag} claims {len} bytes, {} remain", buf.len()))?;
+            let (payload, rest) = buf.split_at(len);
+            buf = rest;
+            Ok((tag, payload))
+        })();
+        if field.is_err() {
+            buf = &[];
+        }
+        Some(field)
     })
 }
 
@@ -474,6 +561,15 @@ mod tests {
         let mut expected = sample();
         expected.entries.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(decoded.manifest, expected);
+    }
+
+    #[test]
+    fn streamed_encoding_is_standard_protobuf() {
+        let bytes = encode(&sample()).bytes;
+        let file = pb::ManifestFile::decode(&bytes[HEADER_LEN..]).unwrap();
+        let content = pb::Content::decode(&file.content[..]).unwrap();
+        assert_eq!(content.entries.len(), 6);
+        assert_eq!(content.encode_to_vec(), file.content);
     }
 
     #[test]
