@@ -23,9 +23,24 @@ fn stable_tree(root: &Path) -> HashMap<Vec<u8>, [u8; 32]> {
     expected
 }
 
+/// Opens a churn file for writing without ever following a symlink: the
+/// churn swaps paths for symlinks, and this test runs as root, so a write
+/// through one would land wherever it points.
+fn open_no_follow(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .append(!truncate)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
 /// Deletes, recreates, rewrites and swaps paths under `churn/` until told
-/// to stop.
+/// to stop. Nothing is ever written outside `churn/`.
 fn churn(root: &Path, stop: &AtomicBool) {
+    use std::io::Write;
     let dir = root.join("churn");
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -37,7 +52,9 @@ fn churn(root: &Path, stop: &AtomicBool) {
                     let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
                 }
                 1 => {
-                    let _ = std::fs::write(&p, vec![round as u8; 200_000]);
+                    if let Ok(mut f) = open_no_follow(&p, true) {
+                        let _ = f.write_all(&vec![round as u8; 200_000]);
+                    }
                 }
                 2 => {
                     // Swap a file for a directory or a symlink and back.
@@ -45,16 +62,11 @@ fn churn(root: &Path, stop: &AtomicBool) {
                     let _ = if i % 2 == 0 {
                         std::fs::create_dir(&p)
                     } else {
-                        std::os::unix::fs::symlink("/etc/passwd", &p)
+                        std::os::unix::fs::symlink("dangling-inside-churn", &p)
                     };
                 }
                 _ => {
-                    use std::io::Write;
-                    if let Ok(mut f) = std::fs::OpenOptions::new()
-                        .append(true)
-                        .create(true)
-                        .open(&p)
-                    {
+                    if let Ok(mut f) = open_no_follow(&p, false) {
                         let _ = f.write_all(&[1; 4096]);
                     }
                 }
@@ -130,6 +142,12 @@ fn scan_survives_a_tree_changing_under_it() {
             }
         }
         stop.store(true, Ordering::Relaxed);
+        let leaked = root.join("churn/dangling-inside-churn");
+        assert!(
+            !leaked.exists(),
+            "a write followed a symlink: {:?}",
+            std::fs::symlink_metadata(&leaked).map(|m| (m.file_type(), m.len()))
+        );
         eprintln!(
             "{scans} scans under churn; {churn_unverified} churned paths reported as not verified"
         );
