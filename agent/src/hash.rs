@@ -1,22 +1,28 @@
 //! Hashing one regular file, safely.
 //!
-//! The walk has already seen (via `lstat`) that the path is a regular file,
-//! but a live host keeps changing under us, so the file is opened with
-//! `O_NOFOLLOW` (a path swapped for a symlink is never followed),
-//! `O_NONBLOCK` (a path swapped for a FIFO never blocks the scan) and
-//! `O_NOATIME` where permitted (verifying must not disturb access times that
-//! the workload or an investigator may rely on). The open file is checked to
-//! be the same regular file the walk saw, and its metadata is compared
-//! before and after reading: a file that changed while it was read is read
-//! again, and reported if it never holds still.
+//! The walk has already seen (via `lstat`) that the name is a regular file,
+//! but a live host keeps changing under us. So the name is first opened
+//! with `O_PATH | O_NOFOLLOW`, which opens nothing (no device driver runs,
+//! no FIFO is connected, no symlink is followed), and that handle is checked
+//! to be the very regular file the walk saw. Only then is that same inode
+//! opened for reading, through `/proc/self/fd`, with `O_NOATIME` where
+//! permitted (verifying must not disturb access times that the workload or
+//! an investigator rely on). Without /proc the name is opened directly with
+//! `O_NOFOLLOW | O_NONBLOCK` and checked after the fact.
+//!
+//! Metadata is compared before and after reading, and no more than the
+//! file's size (plus one byte, to notice growth) is read: a file that
+//! changed while it was read is read again, and reported if it never holds
+//! still; a file that reports a false size cannot hold a worker forever.
 //!
 //! Reads go through a caller-owned buffer (one per worker thread), never
 //! `mmap`: a file truncated while mapped would kill the agent with SIGBUS.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
@@ -46,8 +52,8 @@ pub struct Hashed {
 pub enum HashError {
     #[error("vanished during scan")]
     Vanished,
-    /// The path no longer names a regular file: the caller records what it
-    /// is now instead.
+    /// The name no longer refers to the regular file the walk saw: the
+    /// caller records what it is now instead.
     #[error("replaced during scan")]
     Replaced,
     #[error("kept changing while being read ({ATTEMPTS} attempts)")]
@@ -57,7 +63,7 @@ pub enum HashError {
 }
 
 /// Hashes the regular file `name` in the open directory `dir`. `seen` is
-/// what the walk's `lstat` reported; the open file must be that same inode.
+/// what the walk's `lstat` reported; only that same inode is read.
 pub fn hash_file<Fd: AsFd>(
     dir: Fd,
     name: &CStr,
@@ -66,12 +72,12 @@ pub fn hash_file<Fd: AsFd>(
 ) -> Result<Hashed, HashError> {
     let dir = dir.as_fd();
     for _ in 0..ATTEMPTS {
-        let file = open_no_side_effects(dir, name)?;
+        let file = open_checked(dir, name, seen)?;
         let before = Meta::from_stat(&rustix::fs::fstat(&file).map_err(io::Error::from)?);
-        if !before.is_regular() || before.dev != seen.dev || before.ino != seen.ino {
+        if !is_seen_file(&before, seen) {
             return Err(HashError::Replaced);
         }
-        let (blake3, bytes_read) = hash_open_file(&file, buf)?;
+        let (blake3, bytes_read) = hash_open_file(&file, buf, before.size)?;
         let after = Meta::from_stat(&rustix::fs::fstat(&file).map_err(io::Error::from)?);
         if after.same_content_stamp(&before) && bytes_read == after.size {
             let capability = read_capability(&file)?;
@@ -85,11 +91,18 @@ pub fn hash_file<Fd: AsFd>(
     Err(HashError::KeptChanging)
 }
 
-fn hash_open_file(mut file: &File, buf: &mut [u8]) -> io::Result<([u8; 32], u64)> {
+fn is_seen_file(now: &Meta, seen: &Meta) -> bool {
+    now.is_regular() && (now.dev, now.ino) == (seen.dev, seen.ino)
+}
+
+/// Hashes at most `size + 1` bytes: one more than expected proves the file
+/// grew (the caller sees the count differ from the size and reads again).
+fn hash_open_file(file: &File, buf: &mut [u8], size: u64) -> io::Result<([u8; 32], u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut total: u64 = 0;
+    let mut limited = file.take(size.saturating_add(1));
     loop {
-        match file.read(buf) {
+        match limited.read(buf) {
             Ok(0) => break,
             Ok(n) => {
                 hasher.update(&buf[..n]);
@@ -102,11 +115,44 @@ fn hash_open_file(mut file: &File, buf: &mut [u8]) -> io::Result<([u8; 32], u64)
     Ok((*hasher.finalize().as_bytes(), total))
 }
 
-fn open_no_side_effects(dir: BorrowedFd<'_>, name: &CStr) -> Result<File, HashError> {
+/// Opens `name` for reading only once it is known to be the regular file
+/// the walk saw.
+fn open_checked(dir: BorrowedFd<'_>, name: &CStr, seen: &Meta) -> Result<File, HashError> {
+    let handle = match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(handle) => handle,
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => return Err(HashError::Vanished),
+        Err(e) => return Err(HashError::Io(e.into())),
+    };
+    let now = Meta::from_stat(&rustix::fs::fstat(&handle).map_err(io::Error::from)?);
+    if !is_seen_file(&now, seen) {
+        return Err(HashError::Replaced);
+    }
+    let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let flags = OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let opened = match rustix::fs::open(reopen.as_str(), flags | OFlags::NOATIME, Mode::empty()) {
+        // O_NOATIME needs ownership or CAP_FOWNER; without it, open plainly.
+        Err(Errno::PERM) => rustix::fs::open(reopen.as_str(), flags, Mode::empty()),
+        other => other,
+    };
+    match opened {
+        Ok(fd) => Ok(File::from(fd)),
+        // No /proc (a minimal chroot or container): open the name itself.
+        Err(Errno::NOENT) => open_directly(dir, name),
+        Err(e) => Err(HashError::Io(e.into())),
+    }
+}
+
+/// Opens the name itself, never following a symlink and never blocking on
+/// a FIFO; the caller checks the inode again after opening.
+fn open_directly(dir: BorrowedFd<'_>, name: &CStr) -> Result<File, HashError> {
     let flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let opened = match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
-        // O_NOATIME needs ownership or CAP_FOWNER; without it, open plainly.
         Err(Errno::PERM) => rustix::fs::openat(dir, name, flags, Mode::empty()),
         other => other,
     };
@@ -131,8 +177,28 @@ pub fn read_capability<Fd: AsFd>(fd: Fd) -> io::Result<Option<Box<[u8]>>> {
     }
 }
 
+/// The `security.capability` xattr of `name` in the open directory `dir`,
+/// not following symlinks. There is no `*at` form of getxattr on older
+/// kernels, so the directory is named through `/proc/self/fd` (which
+/// resolves to the open directory itself, not to a path that could have
+/// been swapped); `fallback` is used only where /proc is missing.
+pub fn read_capability_in<Fd: AsFd>(
+    dir: Fd,
+    name: &CStr,
+    fallback: &Path,
+) -> io::Result<Option<Box<[u8]>>> {
+    let mut through_fd = format!("/proc/self/fd/{}/", dir.as_fd().as_raw_fd()).into_bytes();
+    through_fd.extend_from_slice(name.to_bytes());
+    match read_capability_at(Path::new(OsStr::from_bytes(&through_fd))) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/self/fd").exists() => {
+            read_capability_at(fallback)
+        }
+        other => other,
+    }
+}
+
 /// The `security.capability` xattr of a path, not following symlinks.
-pub fn read_capability_at(path: &Path) -> io::Result<Option<Box<[u8]>>> {
+fn read_capability_at(path: &Path) -> io::Result<Option<Box<[u8]>>> {
     let mut value = [0u8; 64];
     match rustix::fs::lgetxattr(path, CAPABILITY_XATTR, &mut value) {
         Ok(n) => Ok(Some(value[..n].into())),
@@ -210,13 +276,15 @@ mod tests {
         ));
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"x").unwrap();
-        // A new file at the same path is a different inode.
-        let fresh = meta_of(&path);
-        if fresh.ino != seen.ino {
-            assert!(matches!(
-                hash_path(&path, &seen, &mut buf),
-                Err(HashError::Replaced)
-            ));
-        }
+        let seen = meta_of(&path);
+        // Keep the old inode alive so the new file cannot reuse its number.
+        std::fs::hard_link(&path, dir.path().join("old")).unwrap();
+        std::fs::write(dir.path().join("new"), b"x").unwrap();
+        std::fs::rename(dir.path().join("new"), &path).unwrap();
+        assert_ne!(meta_of(&path).ino, seen.ino);
+        assert!(matches!(
+            hash_path(&path, &seen, &mut buf),
+            Err(HashError::Replaced)
+        ));
     }
 }

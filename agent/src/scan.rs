@@ -165,6 +165,8 @@ pub enum ScanError {
     RootNotDir(PathBuf),
     #[error("cannot start scan thread: {0}")]
     Thread(io::Error),
+    #[error("a scan worker failed unexpectedly (a bug); the scan was abandoned")]
+    WorkerPanicked,
 }
 
 /// The identity of an inode with more than one link: (device, inode).
@@ -174,7 +176,10 @@ pub type LinkId = (u64, u64);
 /// visitor needs no locks; the caller combines them when the walk is done.
 pub trait Visitor: Send {
     /// A recorded entry; `link` is set when the inode has other links.
-    fn entry(&mut self, entry: Entry, link: Option<LinkId>);
+    /// `complete` is false when part of it could not be read (its content,
+    /// target or capabilities; the path is also reported as unverified):
+    /// fields left empty then mean "unknown", not "none".
+    fn entry(&mut self, entry: Entry, link: Option<LinkId>, complete: bool);
     /// A path that could not be fully recorded. For a directory, everything
     /// below it is unrecorded too.
     fn unverified(&mut self, path: Vec<u8>, reason: String);
@@ -210,7 +215,7 @@ struct Collect {
 }
 
 impl Visitor for Collect {
-    fn entry(&mut self, entry: Entry, link: Option<LinkId>) {
+    fn entry(&mut self, entry: Entry, link: Option<LinkId>, _complete: bool) {
         if let Some(link) = link {
             self.links.push((entry.path.clone(), link));
         }
@@ -255,7 +260,7 @@ pub fn scan_with<V: Visitor>(
     root: &Path,
     policy: &Policy,
     options: &ScanOptions,
-    new_visitor: impl Fn() -> V,
+    mut new_visitor: impl FnMut() -> V,
 ) -> Result<(Vec<V>, Totals), ScanError> {
     let root = std::fs::canonicalize(root).map_err(|source| ScanError::Root {
         path: root.to_path_buf(),
@@ -271,11 +276,14 @@ pub fn scan_with<V: Visitor>(
         return Err(ScanError::RootNotDir(root));
     }
     // Fail on an unreadable root now, rather than report one unverified
-    // entry and a manifest with nothing in it.
-    std::fs::read_dir(&root).map_err(|source| ScanError::Root {
-        path: root.clone(),
-        source,
-    })?;
+    // entry and a manifest with nothing in it. Everything below is opened
+    // relative to this descriptor, never by path.
+    let root_fd = rustix::fs::open(&root, DIR_FLAGS, Mode::empty())
+        .and_then(|fd| Dir::read_from(&fd).map(|_| fd))
+        .map_err(|e| ScanError::Root {
+            path: root.clone(),
+            source: e.into(),
+        })?;
 
     let walker = Walker {
         root: &root,
@@ -283,14 +291,20 @@ pub fn scan_with<V: Visitor>(
         policy,
         options,
         queue: Mutex::new(QueueState {
-            jobs: vec![Job::Dir(Vec::new())],
+            jobs: vec![Job::Dir {
+                parent: Arc::new(root_fd),
+                name: None,
+                path: Vec::new(),
+                seen: root_meta,
+            }],
             busy: 0,
+            aborted: false,
         }),
         wake: Condvar::new(),
     };
     let threads = options.threads.max(1);
     let mut visitors: Vec<V> = (0..threads).map(|_| new_visitor()).collect();
-    visitors[0].entry(root_meta.to_entry(Vec::new()), None);
+    visitors[0].entry(root_meta.to_entry(Vec::new()), None, true);
     let totals = std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(threads);
         for (i, visitor) in visitors.iter_mut().enumerate() {
@@ -302,10 +316,18 @@ pub fn scan_with<V: Visitor>(
             handles.push(handle);
         }
         let mut totals = Totals::default();
+        let mut panicked = false;
         for handle in handles {
-            let t = handle.join().expect("scan worker panicked");
-            totals.files_hashed += t.files_hashed;
-            totals.bytes_hashed += t.bytes_hashed;
+            match handle.join() {
+                Ok(t) => {
+                    totals.files_hashed += t.files_hashed;
+                    totals.bytes_hashed += t.bytes_hashed;
+                }
+                Err(_) => panicked = true,
+            }
+        }
+        if panicked {
+            return Err(ScanError::WorkerPanicked);
         }
         Ok::<_, ScanError>(totals)
     })?;
@@ -339,9 +361,22 @@ pub fn assign_hardlink_groups(entries: &mut [Entry], links: Vec<(Box<[u8]>, Link
     }
 }
 
+/// How directories are opened: never through a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
 enum Job {
-    /// List this directory (relative path).
-    Dir(Vec<u8>),
+    /// List a directory: opened relative to its parent's descriptor (the
+    /// root's job has no name and reuses the root descriptor), and checked
+    /// to be the inode the parent's listing saw.
+    Dir {
+        parent: Arc<OwnedFd>,
+        name: Option<CString>,
+        path: Vec<u8>,
+        seen: Meta,
+    },
     /// Hash a regular file: its directory (kept open, so the file is opened
     /// relative to it), its name, its relative path, and what `lstat` saw.
     File {
@@ -356,6 +391,8 @@ struct QueueState {
     jobs: Vec<Job>,
     /// Workers holding a job; when zero and no jobs remain, the walk is done.
     busy: usize,
+    /// A worker panicked: the others stop instead of waiting for its jobs.
+    aborted: bool,
 }
 
 struct Walker<'a> {
@@ -365,6 +402,21 @@ struct Walker<'a> {
     options: &'a ScanOptions,
     queue: Mutex<QueueState>,
     wake: Condvar,
+}
+
+/// Set while a worker runs: if it unwinds, the walk is abandoned rather
+/// than left waiting forever for the jobs the worker held.
+struct AbortOnPanic<'w, 'a>(&'w Walker<'a>);
+
+impl Drop for AbortOnPanic<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(mut state) = self.0.queue.lock() {
+                state.aborted = true;
+            }
+            self.0.wake.notify_all();
+        }
+    }
 }
 
 /// One worker's view: its visitor and its counters.
@@ -379,13 +431,24 @@ impl<V: Visitor> Worker<'_, V> {
     }
 
     fn record(&mut self, entry: Entry, meta: &Meta) {
+        self.record_as(entry, meta, true);
+    }
+
+    /// Records an entry of which some part could not be read (the caller
+    /// has reported the path as unverified).
+    fn record_incomplete(&mut self, entry: Entry, meta: &Meta) {
+        self.record_as(entry, meta, false);
+    }
+
+    fn record_as(&mut self, entry: Entry, meta: &Meta, complete: bool) {
         let link = (meta.kind != EntryKind::Dir && meta.nlink > 1).then_some((meta.dev, meta.ino));
-        self.visitor.entry(entry, link);
+        self.visitor.entry(entry, link, complete);
     }
 }
 
 impl Walker<'_> {
     fn work<V: Visitor>(&self, visitor: &mut V) -> Totals {
+        let _abort_on_panic = AbortOnPanic(self);
         let mut out = Worker {
             visitor,
             totals: Totals::default(),
@@ -397,7 +460,19 @@ impl Walker<'_> {
         let mut new_jobs = Vec::new();
         while let Some(job) = self.next_job() {
             match job {
-                Job::Dir(path) => self.list_dir(path, &mut new_jobs, &mut out),
+                Job::Dir {
+                    parent,
+                    name,
+                    path,
+                    seen,
+                } => self.list_dir(
+                    &parent,
+                    name.as_deref(),
+                    path,
+                    seen,
+                    &mut new_jobs,
+                    &mut out,
+                ),
                 Job::File {
                     dir,
                     name,
@@ -413,6 +488,9 @@ impl Walker<'_> {
     fn next_job(&self) -> Option<Job> {
         let mut state = self.queue.lock().expect("scan queue poisoned");
         loop {
+            if state.aborted {
+                return None;
+            }
             if let Some(job) = state.jobs.pop() {
                 state.busy += 1;
                 return Some(job);
@@ -447,12 +525,25 @@ impl Walker<'_> {
     }
 
     /// Lists a directory through an open descriptor: every child is
-    /// stat'ed, read and opened relative to it, which is cheaper than
-    /// resolving full paths and cannot be redirected by a parent directory
-    /// swapped for a symlink mid-scan.
-    fn list_dir<V: Visitor>(&self, dir: Vec<u8>, jobs: &mut Vec<Job>, out: &mut Worker<'_, V>) {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::open(&self.absolute(&dir), flags, Mode::empty()) {
+    /// stat'ed, read and opened relative to it, and the directory itself is
+    /// opened relative to its parent's descriptor with `O_NOFOLLOW`. So no
+    /// path is resolved again after it was listed, and a directory swapped
+    /// for a symlink (or another directory) mid-scan is reported, never
+    /// followed.
+    fn list_dir<V: Visitor>(
+        &self,
+        parent: &Arc<OwnedFd>,
+        name: Option<&CStr>,
+        dir: Vec<u8>,
+        seen: Meta,
+        jobs: &mut Vec<Job>,
+        out: &mut Worker<'_, V>,
+    ) {
+        let opened = match name {
+            Some(name) => rustix::fs::openat(&**parent, name, DIR_FLAGS, Mode::empty()),
+            None => rustix::io::dup(&**parent),
+        };
+        let fd = match opened {
             Ok(fd) => Arc::new(fd),
             Err(Errno::NOENT) => return out.unverified(dir, "vanished during scan"),
             Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
@@ -465,6 +556,16 @@ impl Walker<'_> {
                 );
             }
         };
+        match rustix::fs::fstat(&*fd).map(|st| Meta::from_stat(&st)) {
+            Ok(now) if (now.dev, now.ino) == (seen.dev, seen.ino) => {}
+            Ok(_) => return out.unverified(dir, "replaced during scan; not entered"),
+            Err(e) => {
+                return out.unverified(
+                    dir,
+                    format!("cannot stat directory: {}", io::Error::from(e)),
+                );
+            }
+        }
         let listing = match Dir::read_from(&*fd) {
             Ok(listing) => listing,
             Err(e) => {
@@ -534,7 +635,12 @@ impl Walker<'_> {
                         "mount point of another file system; not entered (--one-file-system)",
                     );
                 } else {
-                    jobs.push(Job::Dir(path.clone()));
+                    jobs.push(Job::Dir {
+                        parent: Arc::clone(dir),
+                        name: Some(name.to_owned()),
+                        path: path.clone(),
+                        seen: meta,
+                    });
                 }
                 out.record(meta.to_entry(path), &meta);
             }
@@ -548,15 +654,19 @@ impl Walker<'_> {
             }
             EntryKind::File => {
                 let mut entry = meta.to_entry(path);
-                // No *at form of getxattr exists on older kernels: use the path.
-                match hash::read_capability_at(&self.absolute(&entry.path)) {
-                    Ok(capability) => entry.capability = capability,
-                    Err(e) => out.unverified(
-                        entry.path.to_vec(),
-                        format!("cannot read capabilities: {e}"),
-                    ),
+                match hash::read_capability_in(dir, name, &self.absolute(&entry.path)) {
+                    Ok(capability) => {
+                        entry.capability = capability;
+                        out.record(entry, &meta);
+                    }
+                    Err(e) => {
+                        out.unverified(
+                            entry.path.to_vec(),
+                            format!("cannot read capabilities: {e}"),
+                        );
+                        out.record_incomplete(entry, &meta);
+                    }
                 }
-                out.record(entry, &meta);
             }
             EntryKind::Symlink => {
                 let mut entry = meta.to_entry(path);
@@ -573,7 +683,7 @@ impl Walker<'_> {
                             entry.path.to_vec(),
                             format!("cannot read symlink: {}", io::Error::from(e)),
                         );
-                        out.record(entry, &meta);
+                        out.record_incomplete(entry, &meta);
                     }
                 }
             }
@@ -624,7 +734,7 @@ impl Walker<'_> {
                     other => other.to_string(),
                 };
                 out.unverified(path.clone(), reason);
-                out.record(seen.to_entry(path), &seen);
+                out.record_incomplete(seen.to_entry(path), &seen);
             }
         }
     }
@@ -772,6 +882,68 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&*scan.entries[1].path, b"caf\xe9");
+    }
+
+    /// Collects, and runs `swap` once, when the walk records `trigger`:
+    /// the directory's listing job is queued but not yet run.
+    struct SwapWhenSeen {
+        trigger: &'static [u8],
+        swap: Option<Box<dyn FnOnce() + Send>>,
+        inner: Collect,
+    }
+
+    impl Visitor for SwapWhenSeen {
+        fn entry(&mut self, entry: Entry, link: Option<LinkId>, complete: bool) {
+            if &entry.path[..] == self.trigger
+                && let Some(swap) = self.swap.take()
+            {
+                swap();
+            }
+            self.inner.entry(entry, link, complete);
+        }
+        fn unverified(&mut self, path: Vec<u8>, reason: String) {
+            self.inner.unverified(path, reason);
+        }
+    }
+
+    #[test]
+    fn a_parent_swapped_for_a_symlink_mid_walk_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/real"), b"in the image").unwrap();
+        std::fs::create_dir_all(outside.join("b")).unwrap();
+        std::fs::write(outside.join("b/planted"), b"decoy").unwrap();
+        let (root_c, outside_c) = (root.clone(), outside.clone());
+        let swap = move || {
+            // `a/b` is queued; now `a` becomes a symlink to a decoy tree.
+            std::fs::rename(root_c.join("a"), root_c.join("a.orig")).unwrap();
+            symlink(&outside_c, root_c.join("a")).unwrap();
+        };
+        let mut swap = Some(Box::new(swap) as Box<dyn FnOnce() + Send>);
+        let (visitors, _) = scan_with(
+            &root,
+            &Policy::builtin(),
+            &options(1, ContentMode::Hash),
+            || SwapWhenSeen {
+                trigger: b"a/b",
+                swap: swap.take(),
+                inner: Collect::default(),
+            },
+        )
+        .unwrap();
+        let found: Vec<String> = visitors
+            .iter()
+            .flat_map(|v| v.inner.entries.iter())
+            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+            .collect();
+        assert!(
+            !found.iter().any(|p| p.contains("planted")),
+            "followed the swapped parent: {found:?}"
+        );
+        // The directory that was queued is the one listed: its real content.
+        assert!(found.contains(&"a/b/real".to_string()), "{found:?}");
     }
 
     #[test]

@@ -84,8 +84,11 @@ pub fn verify(
     let live_covered = Covered::new(&live_unverified);
     // Only a policy other than the baked one can exclude manifest entries.
     let recheck_exclusions = policy.spec() != &image.policy;
+    let mut excluded_by_override = 0u64;
     for (entry, _) in image.entries.iter().zip(&seen).filter(|(_, seen)| !**seen) {
         if recheck_exclusions && policy.is_excluded(&entry.path) {
+            // The image has it; only this run's policy hid it. Say so.
+            excluded_by_override += 1;
             continue;
         }
         outcome.observed_entries += 1;
@@ -99,6 +102,14 @@ pub fn verify(
             subject: Subject::Path(entry.path.clone()),
             expected: Some(full_attrs(entry)),
             actual: None,
+        });
+    }
+    if excluded_by_override > 0 {
+        outcome.not_verified.push(Unverified {
+            path: Box::default(),
+            reason: format!(
+                "{excluded_by_override} entries of the image were excluded by the --policy override, not by the baked policy"
+            ),
         });
     }
     compare_hardlinks(image, &seen, live_links, &mut outcome.deviations);
@@ -117,14 +128,21 @@ pub fn verify(
 
     // Runtime zones are observed but never drift: their changes are shown
     // apart.
-    let (runtime_zone_changes, mut deviations): (Vec<Deviation>, Vec<Deviation>) = outcome
+    let (mut runtime_zone_changes, mut deviations): (Vec<Deviation>, Vec<Deviation>) = outcome
         .deviations
         .into_iter()
         .partition(|d| matches!(&d.subject, Subject::Path(p) if policy.in_runtime_zone(p)));
-    deviations
-        .sort_by(|a, b| (a.kind, subject_key(&a.subject)).cmp(&(b.kind, subject_key(&b.subject))));
-    let mut deviating: Vec<(&[u8], &str)> =
-        deviations.iter().map(|d| subject_key(&d.subject)).collect();
+    // Workers find things in no fixed order; reports must not depend on it.
+    let by_kind_then_subject = |a: &Deviation, b: &Deviation| {
+        (a.kind, subject_key(&a.subject)).cmp(&(b.kind, subject_key(&b.subject)))
+    };
+    deviations.sort_by(by_kind_then_subject);
+    runtime_zone_changes.sort_by(|a, b| {
+        subject_key(&a.subject)
+            .cmp(&subject_key(&b.subject))
+            .then(a.kind.cmp(&b.kind))
+    });
+    let mut deviating: Vec<_> = deviations.iter().map(|d| subject_key(&d.subject)).collect();
     deviating.sort_unstable();
     deviating.dedup();
     let drift = DriftCounts {
@@ -188,7 +206,7 @@ impl<'a> Compare<'a> {
 }
 
 impl Visitor for Compare<'_> {
-    fn entry(&mut self, actual: Entry, link: Option<LinkId>) {
+    fn entry(&mut self, actual: Entry, link: Option<LinkId>, complete: bool) {
         if let Some(link) = link {
             self.links.push((actual.path.clone(), link));
         }
@@ -201,8 +219,12 @@ impl Visitor for Compare<'_> {
                 self.seen.push(index);
                 self.observed += 1;
                 let expected = &self.ctx.entries[index];
+                let known = Known {
+                    expected: !self.ctx.baked_unverified.contains_exactly(&expected.path),
+                    actual: complete,
+                };
                 let (deviations, comparable) =
-                    compare_entry(expected, &actual, self.ctx.content_mode);
+                    compare_entry(expected, &actual, self.ctx.content_mode, known);
                 self.checked += u64::from(comparable);
                 self.deviations.extend(deviations);
             }
@@ -231,10 +253,31 @@ impl Visitor for Compare<'_> {
     }
 }
 
+/// Whether each side of a path was read in full. A side read only in part
+/// (and reported as unverified) leaves fields empty that mean "unknown".
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    expected: bool,
+    actual: bool,
+}
+
+impl Known {
+    fn both(self) -> bool {
+        self.expected && self.actual
+    }
+}
+
 /// Compares one path present on both sides. Returns its deviations and
-/// whether it could be fully compared (content unreadable on either side
-/// makes it not verified; that side already reported why).
-fn compare_entry(e: &Entry, a: &Entry, content_mode: ContentMode) -> (Vec<Deviation>, bool) {
+/// whether it could be fully compared. What could not be read is not
+/// compared, except that a file whose content could not be hashed is still
+/// compared on size: a different size proves a change, and a change that
+/// can be proved is drift even when the content cannot be read.
+fn compare_entry(
+    e: &Entry,
+    a: &Entry,
+    content_mode: ContentMode,
+    known: Known,
+) -> (Vec<Deviation>, bool) {
     let mut found = Vec::new();
     let (mut exp, mut act) = (Attrs::default(), Attrs::default());
     if e.kind != a.kind {
@@ -244,12 +287,14 @@ fn compare_entry(e: &Entry, a: &Entry, content_mode: ContentMode) -> (Vec<Deviat
     diff(&mut exp.mode, &mut act.mode, e.mode, a.mode);
     diff(&mut exp.uid, &mut act.uid, e.uid, a.uid);
     diff(&mut exp.gid, &mut act.gid, e.gid, a.gid);
-    diff(
-        &mut exp.capability,
-        &mut act.capability,
-        capability(e),
-        capability(a),
-    );
+    if known.both() {
+        diff(
+            &mut exp.capability,
+            &mut act.capability,
+            capability(e),
+            capability(a),
+        );
+    }
     if exp != Attrs::default() {
         found.push(Deviation {
             kind: DeviationKind::Metadata,
@@ -259,26 +304,28 @@ fn compare_entry(e: &Entry, a: &Entry, content_mode: ContentMode) -> (Vec<Deviat
         });
     }
     let (mut exp, mut act) = (Attrs::default(), Attrs::default());
-    let mut comparable = true;
+    let mut comparable = known.both();
     if e.kind == a.kind {
         match e.kind {
-            EntryKind::File => match content_mode {
-                ContentMode::Hash => match (e.blake3, a.blake3) {
-                    (Some(eh), Some(ah)) if eh != ah => {
+            EntryKind::File => match (content_mode, e.blake3, a.blake3) {
+                (ContentMode::Hash, Some(eh), Some(ah)) => {
+                    if eh != ah {
                         exp.blake3 = Some(eh);
                         act.blake3 = Some(ah);
                         exp.size = Some(e.size);
                         act.size = Some(a.size);
                     }
-                    (Some(_), Some(_)) => {}
-                    _ => comparable = false,
-                },
-                ContentMode::MetadataOnly => {
+                }
+                (ContentMode::Hash, _, _) => {
+                    comparable = false;
+                    diff(&mut exp.size, &mut act.size, e.size, a.size);
+                }
+                (ContentMode::MetadataOnly, _, _) => {
                     diff(&mut exp.size, &mut act.size, e.size, a.size);
                     diff(&mut exp.mtime, &mut act.mtime, mtime(e), mtime(a));
                 }
             },
-            EntryKind::Symlink => {
+            EntryKind::Symlink if known.both() => {
                 if e.symlink_target != a.symlink_target {
                     exp.symlink_target = e.symlink_target.as_deref().map(display);
                     act.symlink_target = a.symlink_target.as_deref().map(display);
@@ -290,7 +337,7 @@ fn compare_entry(e: &Entry, a: &Entry, content_mode: ContentMode) -> (Vec<Deviat
                     act.device = device(a);
                 }
             }
-            EntryKind::Dir | EntryKind::Fifo | EntryKind::Socket => {}
+            EntryKind::Symlink | EntryKind::Dir | EntryKind::Fifo | EntryKind::Socket => {}
         }
     }
     if exp != Attrs::default() {
@@ -305,99 +352,132 @@ fn compare_entry(e: &Entry, a: &Entry, content_mode: ContentMode) -> (Vec<Deviat
 }
 
 /// Compares which paths share an inode, on each side. Runs after the walk
-/// because a link's peers may be found by other workers. A difference joins
-/// the path's metadata deviation, or becomes one.
+/// because a link's peers may be found by other workers.
+///
+/// A path's link peer is named by the group's first member, counting only
+/// members present on both sides: so adding or removing one member reports
+/// that member (added or removed, with its links), not a relabelling of every
+/// other member of the group. A difference joins the path's metadata
+/// deviation, or becomes one.
 fn compare_hardlinks(
     image: &Manifest,
     seen: &[bool],
     live_links: Vec<(Box<[u8]>, LinkId)>,
     deviations: &mut Vec<Deviation>,
 ) {
-    // Live groups: the first path of each inode seen more than once.
+    let in_image = |path: &[u8]| {
+        image
+            .entries
+            .binary_search_by(|e| e.path[..].cmp(path))
+            .ok()
+    };
+    // Live groups: inodes seen under more than one name.
     let mut by_inode: HashMap<LinkId, Vec<Box<[u8]>>> = HashMap::new();
     for (path, id) in live_links {
         by_inode.entry(id).or_default().push(path);
     }
-    let mut live_leader: HashMap<Box<[u8]>, String> = HashMap::new();
+    let mut live_leader: HashMap<Box<[u8]>, String> = HashMap::new(); // over shared paths
+    let mut live_any_leader: HashMap<Box<[u8]>, String> = HashMap::new(); // over all
     for mut members in by_inode.into_values().filter(|m| m.len() > 1) {
         members.sort_unstable();
-        let leader = display(&members[0]);
-        for path in members {
-            live_leader.insert(path, leader.clone());
+        let any = display(&members[0]);
+        let shared: Vec<&Box<[u8]>> = members.iter().filter(|p| in_image(p).is_some()).collect();
+        let shared_leader = (shared.len() > 1).then(|| display(shared[0]));
+        for path in &members {
+            live_any_leader.insert(path.clone(), any.clone());
+            if let Some(leader) = &shared_leader
+                && in_image(path).is_some()
+            {
+                live_leader.insert(path.clone(), leader.clone());
+            }
         }
     }
-    let mut image_leader: HashMap<u32, &[u8]> = HashMap::new();
-    for e in image.entries.iter().filter(|e| e.hardlink_group != 0) {
-        image_leader.entry(e.hardlink_group).or_insert(&e.path);
-    }
-    let none = || "none".to_string();
-    let expected_of = |e: &Entry| {
-        image_leader
-            .get(&e.hardlink_group)
-            .filter(|_| e.hardlink_group != 0)
-            .map_or_else(none, |p| display(p))
-    };
-
-    // Additions and removals show their links in full.
-    for d in deviations.iter_mut() {
-        if let (Subject::Path(p), DeviationKind::Added, Some(actual)) =
-            (&d.subject, d.kind, d.actual.as_mut())
-        {
-            actual.hardlinked_with = live_leader.get(p).cloned();
-        }
-        if let (Subject::Path(p), DeviationKind::Removed, Some(expected)) =
-            (&d.subject, d.kind, d.expected.as_mut())
-            && let Ok(i) = image.entries.binary_search_by(|e| e.path.cmp(p))
-            && image.entries[i].hardlink_group != 0
-        {
-            expected.hardlinked_with = Some(expected_of(&image.entries[i]));
-        }
-    }
-    // Paths on both sides where either side is linked.
-    let mut candidates: Vec<usize> = image
+    // Image groups, over all members and over members seen live.
+    let mut image_any: HashMap<u32, &[u8]> = HashMap::new();
+    let mut image_shared: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, e) in image
         .entries
         .iter()
         .enumerate()
-        .filter(|(i, e)| seen[*i] && e.hardlink_group != 0)
-        .map(|(i, _)| i)
-        .collect();
-    for path in live_leader.keys() {
-        if let Ok(i) = image.entries.binary_search_by(|e| e.path.cmp(path)) {
-            candidates.push(i);
+        .filter(|(_, e)| e.hardlink_group != 0)
+    {
+        image_any.entry(e.hardlink_group).or_insert(&e.path);
+        if seen[i] {
+            image_shared.entry(e.hardlink_group).or_default().push(i);
         }
     }
+    let none = || "none".to_string();
+
+    // Additions and removals show their links in full.
+    for d in deviations.iter_mut() {
+        let Subject::Path(p) = &d.subject else {
+            continue;
+        };
+        match (d.kind, d.actual.as_mut(), d.expected.as_mut()) {
+            (DeviationKind::Added, Some(actual), _) => {
+                actual.hardlinked_with = live_any_leader.get(p).cloned();
+            }
+            (DeviationKind::Removed, _, Some(expected)) => {
+                if let Some(i) = in_image(p)
+                    && let Some(leader) = image_any.get(&image.entries[i].hardlink_group)
+                {
+                    expected.hardlinked_with = Some(display(leader));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let mut expected_leader: HashMap<usize, String> = HashMap::new();
+    for members in image_shared.values().filter(|m| m.len() > 1) {
+        let leader = display(&image.entries[members[0]].path);
+        for &i in members {
+            expected_leader.insert(i, leader.clone());
+        }
+    }
+    let mut candidates: Vec<usize> = expected_leader.keys().copied().collect();
+    candidates.extend(live_leader.keys().filter_map(|p| in_image(p)));
     candidates.sort_unstable();
     candidates.dedup();
+
+    let mut metadata_at: HashMap<Box<[u8]>, usize> = deviations
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match (&d.subject, d.kind) {
+            (Subject::Path(p), DeviationKind::Metadata) => Some((p.clone(), i)),
+            _ => None,
+        })
+        .collect();
     for i in candidates {
         let entry = &image.entries[i];
-        let expected = expected_of(entry);
+        let expected = expected_leader.get(&i).cloned().unwrap_or_else(none);
         let actual = live_leader.get(&entry.path).cloned().unwrap_or_else(none);
         if expected == actual {
             continue;
         }
-        let key = (&entry.path[..], "");
-        let existing = deviations
-            .iter_mut()
-            .find(|d| d.kind == DeviationKind::Metadata && subject_key(&d.subject) == key);
-        match existing {
-            Some(d) => {
+        match metadata_at.get(&entry.path) {
+            Some(&at) => {
+                let d = &mut deviations[at];
                 d.expected
                     .get_or_insert_with(Attrs::default)
                     .hardlinked_with = Some(expected);
                 d.actual.get_or_insert_with(Attrs::default).hardlinked_with = Some(actual);
             }
-            None => deviations.push(Deviation {
-                kind: DeviationKind::Metadata,
-                subject: Subject::Path(entry.path.clone()),
-                expected: Some(Attrs {
-                    hardlinked_with: Some(expected),
-                    ..Attrs::default()
-                }),
-                actual: Some(Attrs {
-                    hardlinked_with: Some(actual),
-                    ..Attrs::default()
-                }),
-            }),
+            None => {
+                metadata_at.insert(entry.path.clone(), deviations.len());
+                deviations.push(Deviation {
+                    kind: DeviationKind::Metadata,
+                    subject: Subject::Path(entry.path.clone()),
+                    expected: Some(Attrs {
+                        hardlinked_with: Some(expected),
+                        ..Attrs::default()
+                    }),
+                    actual: Some(Attrs {
+                        hardlinked_with: Some(actual),
+                        ..Attrs::default()
+                    }),
+                });
+            }
         }
     }
 }
@@ -495,12 +575,16 @@ fn package_deviation(
     }
 }
 
-fn subject_key(subject: &Subject) -> (&[u8], &str) {
+/// Orders and identifies subjects: paths first, then packages by manager,
+/// name and architecture.
+fn subject_key(subject: &Subject) -> (u8, &[u8], &str, &str) {
     match subject {
-        Subject::Path(p) => (p, ""),
+        Subject::Path(p) => (0, p, "", ""),
         Subject::Package {
-            name, architecture, ..
-        } => (name.as_bytes(), architecture),
+            manager,
+            name,
+            architecture,
+        } => (1, name.as_bytes(), architecture, manager.as_str()),
     }
 }
 
@@ -514,6 +598,11 @@ impl<'a> Covered<'a> {
         let mut paths: Vec<&[u8]> = list.iter().map(|u| &u.path[..]).collect();
         paths.sort_unstable();
         Covered { paths }
+    }
+
+    /// Whether `path` itself is in the list.
+    fn contains_exactly(&self, path: &[u8]) -> bool {
+        self.paths.binary_search(&path).is_ok()
     }
 
     /// Whether `path` or one of its ancestors is in the list.
@@ -592,6 +681,36 @@ mod tests {
         assert!(!covered.contains(b""));
     }
 
+    const BOTH_KNOWN: Known = Known {
+        expected: true,
+        actual: true,
+    };
+
+    #[test]
+    fn what_could_not_be_read_is_unknown_not_none() {
+        let mut e = Entry::new(*b"usr/bin/ping", EntryKind::File);
+        e.capability = Some((*b"\x01\x00\x00\x02").into());
+        e.blake3 = Some([1; 32]);
+        e.size = 100;
+        // Unreadable now: no hash, no capability read, same size.
+        let mut a = e.clone();
+        a.capability = None;
+        a.blake3 = None;
+        let unreadable_now = Known {
+            expected: true,
+            actual: false,
+        };
+        let (found, comparable) = compare_entry(&e, &a, ContentMode::Hash, unreadable_now);
+        assert!(found.is_empty(), "{found:?}");
+        assert!(!comparable);
+        // A different size proves a change even without a hash.
+        a.size = 200;
+        let (found, _) = compare_entry(&e, &a, ContentMode::Hash, unreadable_now);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].kind, DeviationKind::Modified);
+        assert_eq!(found[0].actual.as_ref().unwrap().size, Some(200));
+    }
+
     #[test]
     fn one_path_can_differ_in_content_and_metadata() {
         let mut e = Entry::new(*b"usr/bin/tool", EntryKind::File);
@@ -600,16 +719,20 @@ mod tests {
         let mut a = e.clone();
         a.mode = 0o4755;
         a.blake3 = Some([2; 32]);
-        let (found, comparable) = compare_entry(&e, &a, ContentMode::Hash);
+        let (found, comparable) = compare_entry(&e, &a, ContentMode::Hash, BOTH_KNOWN);
         assert!(comparable);
         let kinds: Vec<DeviationKind> = found.iter().map(|d| d.kind).collect();
         assert_eq!(kinds, [DeviationKind::Metadata, DeviationKind::Modified]);
         // mtime alone is never drift when content is hashed.
         let mut touched = e.clone();
         touched.mtime_sec += 100;
-        assert!(compare_entry(&e, &touched, ContentMode::Hash).0.is_empty());
+        assert!(
+            compare_entry(&e, &touched, ContentMode::Hash, BOTH_KNOWN)
+                .0
+                .is_empty()
+        );
         assert_eq!(
-            compare_entry(&e, &touched, ContentMode::MetadataOnly)
+            compare_entry(&e, &touched, ContentMode::MetadataOnly, BOTH_KNOWN)
                 .0
                 .len(),
             1

@@ -469,6 +469,33 @@ fn fifos_sockets_and_devices_are_recorded_never_opened() {
 }
 
 #[test]
+fn a_fifo_is_never_opened() {
+    // A writer opening a FIFO blocks until some reader opens it: if bake or
+    // verify opened the FIFO at all, even non-blocking, the writer would
+    // wake. It must still be waiting after both have run.
+    let f = Fixture::new();
+    let fifo = f.root().join("etc/fifo");
+    sh(&format!("mkfifo {}", fifo.display()));
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let writer_path = fifo.clone();
+    std::thread::spawn(move || {
+        let writer = std::fs::OpenOptions::new().write(true).open(&writer_path);
+        let _ = opened_tx.send(writer.is_ok());
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    f.bake(&[]);
+    assert_eq!(f.verify(&[]).0, 0);
+    assert_eq!(f.verify(&["--metadata-only"]).0, 0);
+    assert!(
+        opened_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the FIFO was opened by the scan"
+    );
+    // Release the writer: this open is the first reader.
+    let _reader = std::fs::File::open(&fifo).unwrap();
+    assert_eq!(opened_rx.recv_timeout(Duration::from_secs(5)), Ok(true));
+}
+
+#[test]
 fn symlink_loops_and_escapes_are_never_followed() {
     let f = Fixture::new();
     sh(&format!(
