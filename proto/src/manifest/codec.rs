@@ -33,6 +33,16 @@ pub const FORMAT_VERSION: u32 = 1;
 
 const HEADER_LEN: usize = MAGIC.len() + 4;
 
+/// Linux's limits: PATH_MAX and NAME_MAX. A longer path cannot exist on the
+/// host, so a manifest holding one is corrupt or crafted.
+pub const MAX_PATH: usize = 4096;
+pub const MAX_NAME: usize = 255;
+
+/// How many bytes of decoded paths one byte of content may yield. Front
+/// coding makes real manifests about 1:1 (60 bytes per entry on /usr, paths
+/// averaging about as much); a crafted one could reach hundreds.
+const PATH_EXPANSION_LIMIT: usize = 32;
+
 /// Why a manifest could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -78,8 +88,12 @@ pub fn encode(manifest: &Manifest) -> Encoded {
     let mut entries: Vec<&Entry> = manifest.entries.iter().collect();
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     entries.dedup_by(|a, b| a.path == b.path);
+    // Sorted and deduplicated by key, exactly the order decode demands: a
+    // sort on the whole package (which includes the version) would put one
+    // name's architectures in version order and make the file unreadable.
     let mut packages: Vec<&Package> = manifest.packages.iter().collect();
-    packages.sort();
+    packages.sort_by(|a, b| a.key().cmp(&b.key()));
+    packages.dedup_by(|a, b| a.key() == b.key());
     let mut databases: Vec<&PackageDatabase> = manifest.package_databases.iter().collect();
     databases.sort_by(|a, b| (a.manager, &a.path).cmp(&(b.manager, &b.path)));
     let mut unverified: Vec<&Unverified> = manifest.unverified.iter().collect();
@@ -221,7 +235,17 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, ManifestError> {
     let count = fields(content)
         .filter(|f| matches!(f, Ok((CONTENT_ENTRIES, _))))
         .count();
-    let mut entries: Vec<Entry> = Vec::with_capacity(count);
+    // A crafted file must not make us reserve or build far more than it
+    // holds: an entry takes at least a few bytes on disk, and front coding
+    // lets a path grow by at most MAX_PATH per entry, so both the up-front
+    // reservation and the total of decoded path bytes are bounded by the
+    // content's size.
+    let mut entries: Vec<Entry> = Vec::with_capacity(count.min(content.len() / 8 + 1));
+    let path_budget = content
+        .len()
+        .saturating_mul(PATH_EXPANSION_LIMIT)
+        .max(1 << 20);
+    let mut path_bytes = 0usize;
     let mut index = 0usize;
     for field in fields(content) {
         let (tag, payload) = field.map_err(|e| ManifestError::corrupt(format!("content: {e}")))?;
@@ -236,6 +260,12 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, ManifestError> {
         if index > 0 && entry.path[..] <= *previous {
             return Err(ManifestError::corrupt(format!(
                 "entry {index}: paths are not strictly sorted"
+            )));
+        }
+        path_bytes += entry.path.len();
+        if path_bytes > path_budget {
+            return Err(ManifestError::corrupt(format!(
+                "entry {index}: paths expand to more than {PATH_EXPANSION_LIMIT} times the manifest's size"
             )));
         }
         entries.push(entry);
@@ -318,29 +348,46 @@ struct ContentWithoutEntries {
 /// `ManifestFile` and `Content`), as (tag, payload) borrowed from `buf`.
 fn fields(mut buf: &[u8]) -> impl Iterator<Item = Result<(u32, &[u8]), String>> {
     std::iter::from_fn(move || {
-        if buf.is_empty() {
-            return None;
-        }
-        let field = (|| {
-            let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
-            if wire_type != WireType::LengthDelimited {
-                return Err(format!(
-                    "field {tag} has wire type {wire_type:?}, expected length-delimited"
-                ));
+        loop {
+            if buf.is_empty() {
+                return None;
             }
-            let len = decode_varint(&mut buf).map_err(|e| e.to_string())?;
-            let len = usize::try_from(len)
-                .ok()
-                .filter(|&l| l <= buf.len())
-                .ok_or_else(|| format!("field {tag} claims {len} bytes, {} remain", buf.len()))?;
-            let (payload, rest) = buf.split_at(len);
-            buf = rest;
-            Ok((tag, payload))
-        })();
-        if field.is_err() {
-            buf = &[];
+            let field = (|| {
+                let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+                let len = match wire_type {
+                    WireType::LengthDelimited => {
+                        decode_varint(&mut buf).map_err(|e| e.to_string())?
+                    }
+                    // Fields a newer writer may add: skipped, never misread.
+                    WireType::Varint => {
+                        decode_varint(&mut buf).map_err(|e| e.to_string())?;
+                        return Ok(None);
+                    }
+                    WireType::SixtyFourBit => 8,
+                    WireType::ThirtyTwoBit => 4,
+                    WireType::StartGroup | WireType::EndGroup => {
+                        return Err(format!("field {tag} uses deprecated groups"));
+                    }
+                };
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&l| l <= buf.len())
+                    .ok_or_else(|| {
+                        format!("field {tag} claims {len} bytes, {} remain", buf.len())
+                    })?;
+                let (payload, rest) = buf.split_at(len);
+                buf = rest;
+                Ok((wire_type == WireType::LengthDelimited).then_some((tag, payload)))
+            })();
+            match field {
+                Ok(Some(field)) => return Some(Ok(field)),
+                Ok(None) => continue,
+                Err(e) => {
+                    buf = &[];
+                    return Some(Err(e));
+                }
+            }
         }
-        Some(field)
     })
 }
 
@@ -439,8 +486,20 @@ pub fn check_path(path: &[u8]) -> Result<(), String> {
     if path.is_empty() {
         return Ok(());
     }
+    if path.len() > MAX_PATH {
+        return Err(format!(
+            "path is {} bytes, longer than {MAX_PATH}",
+            path.len()
+        ));
+    }
     for component in path.split(|&b| b == b'/') {
         match component {
+            c if c.len() > MAX_NAME => {
+                return Err(format!(
+                    "a path component is {} bytes, longer than {MAX_NAME}",
+                    c.len()
+                ));
+            }
             b"" => return Err("path has an empty component or a leading '/'".into()),
             b"." | b".." => return Err("path has a '.' or '..' component".into()),
             c if c.contains(&0) => return Err("path contains a NUL byte".into()),
@@ -602,6 +661,98 @@ mod tests {
         let last = flipped.len() - 40;
         flipped[last] ^= 0x40;
         assert!(decode(&flipped).is_err());
+    }
+
+    #[test]
+    fn one_name_on_two_architectures_round_trips() {
+        // The i686 build has the newer version: sorting by whole package
+        // (version before architecture) would misorder these.
+        let mut m = sample();
+        m.packages = vec![
+            Package {
+                manager: PackageManager::Rpm,
+                name: "glibc".into(),
+                version: "2.34-99.el9".into(),
+                architecture: "x86_64".into(),
+            },
+            Package {
+                manager: PackageManager::Rpm,
+                name: "glibc".into(),
+                version: "2.34-100.el9".into(),
+                architecture: "i686".into(),
+            },
+        ];
+        let decoded = decode(&encode(&m).bytes).unwrap();
+        let arches: Vec<&str> = decoded
+            .manifest
+            .packages
+            .iter()
+            .map(|p| p.architecture.as_str())
+            .collect();
+        assert_eq!(arches, ["i686", "x86_64"]);
+    }
+
+    /// Frames `content` as a manifest file with a valid checksum, as an
+    /// attacker able to compute BLAKE3 could.
+    fn forge(content: Vec<u8>) -> Vec<u8> {
+        let file = pb::ManifestFile {
+            provenance: None,
+            content_blake3: blake3::hash(&content).as_bytes().to_vec(),
+            content,
+        };
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        file.encode(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn crafted_path_expansion_is_refused_cheaply() {
+        // Each entry reuses the whole previous path and adds one byte: a few
+        // bytes on disk, quadratic in memory if decoded naively.
+        let mut content = Vec::new();
+        for i in 0..4000u32 {
+            let entry = pb::Entry {
+                shared_prefix: i,
+                path_suffix: b"a".to_vec(),
+                r#type: pb::EntryType::Dir as i32,
+                ..pb::Entry::default()
+            };
+            message::encode(CONTENT_ENTRIES, &entry, &mut content);
+        }
+        let err = decode(&forge(content)).unwrap_err().to_string();
+        assert!(err.contains("longer than 255"), "{err}");
+
+        // Short components, deep paths: within PATH_MAX, caught by the budget.
+        let mut content = Vec::new();
+        let mut previous = 0u32;
+        for i in 0..2040u32 {
+            let suffix: &[u8] = if i == 0 { b"a" } else { b"/a" };
+            let entry = pb::Entry {
+                shared_prefix: previous,
+                path_suffix: suffix.to_vec(),
+                r#type: pb::EntryType::Dir as i32,
+                ..pb::Entry::default()
+            };
+            previous += suffix.len() as u32;
+            message::encode(CONTENT_ENTRIES, &entry, &mut content);
+        }
+        assert!(content.len() < 32 * 1024);
+        let err = decode(&forge(content)).unwrap_err().to_string();
+        assert!(err.contains("expand to more than"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_of_any_wire_type_are_skipped() {
+        let mut content = encode(&sample()).bytes;
+        let file = pb::ManifestFile::decode(&content[HEADER_LEN..]).unwrap();
+        let mut inner = file.content.clone();
+        // field 15 varint, field 14 fixed64: a newer writer's additions.
+        prost::encoding::uint64::encode(15, &7, &mut inner);
+        prost::encoding::fixed64::encode(14, &9, &mut inner);
+        content = forge(inner);
+        let decoded = decode(&content).unwrap();
+        assert_eq!(decoded.manifest.entries.len(), 6);
     }
 
     #[test]
