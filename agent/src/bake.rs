@@ -85,7 +85,12 @@ pub fn write_manifest(path: &Path, bytes: &[u8]) -> Result<(), BakeError> {
     name.push(format!(".tmp.{}", std::process::id()));
     let tmp = dir.join(name);
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        // create_new (O_EXCL) never follows a symlink planted at the
+        // temporary name, nor truncates a file someone else made there.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;

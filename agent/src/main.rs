@@ -4,8 +4,12 @@
 //! Exit codes (one policy for every subcommand):
 //! - 0: success; for `verify`, no drift and every entry verified.
 //! - 1: `verify` found drift.
-//! - 2: error: unusable manifest, root, policy or arguments.
-//! - 3: `verify` found no drift, but some entries could not be verified.
+//! - 2: error: unusable manifest, root, policy or arguments (or a bug).
+//! - 3: incomplete: `verify` found no drift but could not verify some
+//!   entries, or `bake` wrote a manifest with entries it could not record.
+//!
+//! The verdict is decided before output is written, so a reader that goes
+//! away (`verify | head`) does not turn "drift" into "error".
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -113,18 +117,47 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => ExitCode::from(code),
-        // A reader that went away (`| head`) is not an error worth a message.
-        Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_ERROR),
-        Err(e) => {
+    raise_open_file_limit();
+    // A panic is a bug; it still exits with the documented error code.
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(Outcome { code, output })) => match emit(&output) {
+            // A reader that went away (`| head`) keeps the verdict.
+            Err(e) if is_broken_pipe(&e) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("driftwatch-agent: error: {e:#}");
+                ExitCode::from(EXIT_ERROR)
+            }
+            Ok(()) => ExitCode::from(code),
+        },
+        Ok(Err(e)) => {
             eprintln!("driftwatch-agent: error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
+        Err(_) => ExitCode::from(EXIT_ERROR),
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+/// What a command decided and what it prints.
+struct Outcome {
+    code: u8,
+    output: String,
+}
+
+/// The scan keeps a descriptor open per directory being worked on, which
+/// on deep trees with many threads can pass a soft limit of 1024; the hard
+/// limit is ours to use.
+fn raise_open_file_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Bake {
             root,
@@ -152,19 +185,24 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 digest: baked.encoded.digest,
                 bytes: baked.encoded.bytes.len(),
             };
-            match format {
+            let output = match format {
                 Format::Json => {
                     let mut json_out = summary.to_json();
                     json_out["out"] = out.display().to_string().into();
                     json_out["files_hashed"] = baked.files_hashed.into();
                     json_out["bytes_hashed"] = baked.bytes_hashed.into();
-                    emit(&json(&json_out)?)?;
+                    json(&json_out)?
                 }
-                Format::Text => {
-                    emit(&format!("wrote {}\n{}", out.display(), summary.to_text()))?;
-                }
-            }
-            Ok(0)
+                Format::Text => format!("wrote {}\n{}", out.display(), summary.to_text()),
+            };
+            // Entries bake could not record stay unverified for the life of
+            // the image: the image pipeline should know now.
+            let code = if baked.manifest.unverified.is_empty() {
+                0
+            } else {
+                EXIT_INCOMPLETE
+            };
+            Ok(Outcome { code, output })
         }
         Command::Verify {
             root,
@@ -182,17 +220,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 ContentMode::Hash
             };
             let report = verify::verify(&root, &manifest, policy.as_ref(), &scan.options(content))?;
-            match format {
-                Format::Json => emit(&json(&report.to_json())?)?,
-                Format::Text => emit(&report.to_text())?,
-            }
-            Ok(if report.has_drift() {
+            let output = match format {
+                Format::Json => json(&report.to_json())?,
+                Format::Text => report.to_text(),
+            };
+            let code = if report.has_drift() {
                 EXIT_DRIFT
             } else if !report.is_complete() {
                 EXIT_INCOMPLETE
             } else {
                 0
-            })
+            };
+            Ok(Outcome { code, output })
         }
         Command::Inspect { manifest, format } => {
             let bytes = std::fs::read(&manifest)
@@ -204,11 +243,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 digest: decoded.digest,
                 bytes: bytes.len(),
             };
-            match format {
-                Format::Json => emit(&json(&summary.to_json())?)?,
-                Format::Text => emit(&summary.to_text())?,
-            }
-            Ok(0)
+            let output = match format {
+                Format::Json => json(&summary.to_json())?,
+                Format::Text => summary.to_text(),
+            };
+            Ok(Outcome { code: 0, output })
         }
     }
 }

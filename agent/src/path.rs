@@ -7,15 +7,26 @@
 
 use base64::Engine;
 
-/// A path for a terminal: the root is `.`, invalid UTF-8 and control
-/// characters are escaped (`\xNN`) so a hostile file name cannot rewrite the
-/// operator's screen.
+/// A path for a terminal: the root is `.`, and bytes are escaped as
+/// [`escape_bytes`] does.
 pub fn display(path: &[u8]) -> String {
     if path.is_empty() {
         return ".".to_string();
     }
-    let mut out = String::with_capacity(path.len());
-    for chunk in path.utf8_chunks() {
+    escape_bytes(path)
+}
+
+/// Text from the host or a manifest (package names, versions, reasons,
+/// provenance) for a terminal: control characters are escaped like paths, so
+/// a hostile package name cannot rewrite the operator's screen.
+pub fn escape(text: &str) -> String {
+    escape_bytes(text.as_bytes())
+}
+
+/// Invalid UTF-8 becomes `\xNN`; control characters and `\` are escaped.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             if c.is_control() || c == '\\' {
                 out.extend(c.escape_default());
@@ -69,6 +80,7 @@ mod tests {
         assert_eq!(display(b""), ".");
         assert_eq!(display(b"etc/passwd"), "etc/passwd");
         assert_eq!(display(b"caf\xe9\n"), "caf\\xe9\\n");
+        assert_eq!(escape("evil\x1b[2Kpkg"), "evil\\u{1b}[2Kpkg");
     }
 
     #[test]

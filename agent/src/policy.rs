@@ -55,11 +55,19 @@ pub const DEFAULT_RUNTIME_ZONES: &[&str] = &[
     "etc/machine-id",
     "etc/mtab",
     "etc/ssh/ssh_host_*",
-    "var/lib/cloud",
+    // cloud-init's per-instance state, but not var/lib/cloud/scripts, whose
+    // per-boot scripts run as root at every boot.
+    "var/lib/cloud/data",
+    "var/lib/cloud/instance",
+    "var/lib/cloud/instances",
+    "var/lib/cloud/sem",
     "var/lib/dhcp",
     "var/lib/systemd",
     "var/lib/logrotate",
-    "var/spool",
+    // Mail queues, but not var/spool/cron or var/spool/at: a crontab
+    // dropped on a host is exactly the persistence drift must show.
+    "var/spool/postfix",
+    "var/spool/exim4",
     // driftwatch's own state: the manifest and the agent's spool.
     "var/lib/driftwatch",
 ];
@@ -240,6 +248,23 @@ fn normalise(list: &'static str, patterns: Vec<String>) -> Result<Vec<String>, P
         {
             return Err(bad("empty, '.' or '..' path components are not allowed"));
         }
+        // A pattern whose first component matches any name would cover
+        // everything: the root, verified as nothing.
+        let first = trimmed.split('/').next().unwrap_or_default();
+        if first.chars().all(|c| matches!(c, '*' | '?')) {
+            return Err(bad(
+                "its first component matches every name; that would cover the whole root",
+            ));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(bad("control characters are not allowed"));
+        }
+        // globset's negated classes match '/', crossing directories.
+        if trimmed.contains("[!") || trimmed.contains("[^") {
+            return Err(bad(
+                "negated character classes ([!...], [^...]) are not supported",
+            ));
+        }
         if !out.iter().any(|p| p == trimmed) {
             out.push(trimmed.to_string());
         }
@@ -291,6 +316,9 @@ mod tests {
         assert!(p.in_runtime_zone(b"etc/ssh/ssh_host_ed25519_key"));
         assert!(!p.in_runtime_zone(b"etc/ssh/sshd_config"));
         assert!(p.in_runtime_zone(b"var/lib/cloud/instance/boot-finished"));
+        // Persistence spots stay drift.
+        assert!(!p.in_runtime_zone(b"var/spool/cron/crontabs/root"));
+        assert!(!p.in_runtime_zone(b"var/lib/cloud/scripts/per-boot/x.sh"));
         assert!(p.in_runtime_zone(b"etc/hostname"));
     }
 
@@ -316,6 +344,14 @@ mod tests {
         assert!(Policy::parse("exclude = [\"../etc\"]").is_err());
         assert!(Policy::parse("exclude = [\"/\"]").is_err());
         assert!(Policy::parse("runtime_zones = [\"a[\"]").is_err());
+        for everything in ["**", "*", "*/x", "?", "**/bin"] {
+            let err = Policy::parse(&format!("exclude = [\"{everything}\"]")).unwrap_err();
+            assert!(
+                err.to_string().contains("whole root"),
+                "{everything}: {err}"
+            );
+        }
+        assert!(Policy::parse("exclude = [\"opt[!x]cache\"]").is_err());
         assert!(Policy::parse("exclude = \"proc\"").is_err());
     }
 

@@ -6,7 +6,7 @@ use driftwatch_proto::manifest::hex;
 use driftwatch_proto::{Digest, DriftCounts, EntryKind, PackageManager, Provenance, Unverified};
 use serde::{Serialize, Serializer};
 
-use crate::path::{JsonPath, display};
+use crate::path::{JsonPath, display, escape};
 use crate::scan::ContentMode;
 
 /// What kind of deviation, as named in every report.
@@ -290,8 +290,8 @@ impl Report {
         let _ = writeln!(
             out,
             "image {} {} (manifest {}){}",
-            or_dash(&image.image_id),
-            or_dash(&image.image_version),
+            escape(or_dash(&image.image_id)),
+            escape(or_dash(&image.image_version)),
             &self.manifest_digest.to_hex()[..16],
             if self.policy_source == PolicySource::File {
                 ", policy overridden by --policy"
@@ -329,7 +329,11 @@ impl Report {
                 c.not_verified.len()
             );
         }
-        let _ = writeln!(out, "excluded by policy: {}", c.excluded.join(", "));
+        let _ = writeln!(
+            out,
+            "excluded by policy: {}",
+            escape(&c.excluded.join(", "))
+        );
 
         for kind in DeviationKind::ALL {
             let group: Vec<&Deviation> =
@@ -355,7 +359,7 @@ impl Report {
         if !c.not_verified.is_empty() {
             let _ = writeln!(out, "\nnot verified ({})", c.not_verified.len());
             for u in &c.not_verified {
-                let _ = writeln!(out, "  {}: {}", display(&u.path), u.reason);
+                let _ = writeln!(out, "  {}: {}", display(&u.path), escape(&u.reason));
             }
         }
         out
@@ -374,7 +378,7 @@ fn describe(d: &Deviation) -> String {
             manager,
             name,
             architecture,
-        } => format!("{manager} {name} ({architecture})"),
+        } => format!("{manager} {} ({})", escape(name), escape(architecture)),
     };
     let detail = match (&d.expected, &d.actual) {
         (Some(e), Some(a)) => changes(e, a),
@@ -403,7 +407,7 @@ fn fields(a: &Attrs) -> Vec<(&'static str, String)> {
     put("device", a.device.clone());
     put("capability", a.capability.clone());
     put("hardlinked_with", a.hardlinked_with.clone());
-    put("version", a.version.clone());
+    put("version", a.version.as_deref().map(escape));
     out
 }
 

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use driftwatch_proto::{Digest, EntryKind, Manifest};
 
-use crate::path::{JsonPath, display};
+use crate::path::{JsonPath, display, escape};
 
 /// Counts, provenance, policy and digest of a manifest.
 #[derive(Debug, Clone)]
@@ -89,17 +89,21 @@ impl Summary<'_> {
         let _ = writeln!(
             out,
             "image           {} {}",
-            dash(&p.image_id),
-            dash(&p.image_version)
+            escape(dash(&p.image_id)),
+            escape(dash(&p.image_version))
         );
-        let _ = writeln!(out, "source commit   {}", dash(&p.source_commit));
+        let _ = writeln!(out, "source commit   {}", escape(dash(&p.source_commit)));
         let _ = writeln!(
             out,
             "built           {} (unix {})",
             utc(p.build_time_unix),
             p.build_time_unix
         );
-        let _ = writeln!(out, "baked by        driftwatch {}", dash(&p.tool_version));
+        let _ = writeln!(
+            out,
+            "baked by        driftwatch {}",
+            escape(dash(&p.tool_version))
+        );
         let _ = writeln!(
             out,
             "entries         {} ({} files, {} dirs, {} symlinks, {} other)",
@@ -115,7 +119,7 @@ impl Summary<'_> {
         let dbs: Vec<String> = m
             .package_databases
             .iter()
-            .map(|d| format!("{} {} ({})", d.package_count, d.manager, d.path))
+            .map(|d| format!("{} {} ({})", d.package_count, d.manager, escape(&d.path)))
             .collect();
         let _ = writeln!(
             out,
@@ -133,12 +137,20 @@ impl Summary<'_> {
             self.bytes,
             self.bytes_per_entry()
         );
-        let _ = writeln!(out, "excluded        {}", m.policy.exclude.join(", "));
-        let _ = writeln!(out, "runtime zones   {}", m.policy.runtime_zones.join(", "));
+        let _ = writeln!(
+            out,
+            "excluded        {}",
+            escape(&m.policy.exclude.join(", "))
+        );
+        let _ = writeln!(
+            out,
+            "runtime zones   {}",
+            escape(&m.policy.runtime_zones.join(", "))
+        );
         if !m.unverified.is_empty() {
             let _ = writeln!(out, "NOT RECORDED    {} paths:", m.unverified.len());
             for u in &m.unverified {
-                let _ = writeln!(out, "  {}: {}", display(&u.path), u.reason);
+                let _ = writeln!(out, "  {}: {}", display(&u.path), escape(&u.reason));
             }
         }
         out

@@ -63,11 +63,16 @@ impl Fixture {
         self.manifest().display().to_string()
     }
     fn bake(&self, extra: &[&str]) -> serde_json::Value {
+        self.bake_expecting(0, extra)
+    }
+    /// Bakes and checks the exit code: 3 when some entries could not be
+    /// recorded.
+    fn bake_expecting(&self, expected: i32, extra: &[&str]) -> serde_json::Value {
         let (r, m) = (self.r(), self.m());
         let mut args = vec!["bake", "--root", &r, "--out", &m, "--format", "json"];
         args.extend_from_slice(extra);
         let (code, json) = run_json(&args);
-        assert_eq!(code, 0, "bake failed: {json}");
+        assert_eq!(code, expected, "bake exit code: {json}");
         json
     }
     fn verify(&self, extra: &[&str]) -> (i32, serde_json::Value) {
@@ -384,7 +389,11 @@ fn unreadable_files_and_directories_are_counted_not_fatal() {
         "json",
     ]);
     let baked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(0), "{baked:#}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "incomplete bake exits 3: {baked:#}"
+    );
     assert_eq!(baked["unverified_count"], 2, "{baked:#}");
     let (code, report) = run_json(&[
         "verify",
@@ -540,7 +549,7 @@ fn other_file_systems_can_be_left_out_and_say_so() {
     let all = f.bake(&[]);
     assert_eq!(all["unverified_count"], 0);
     assert_eq!(all["files"], 2);
-    let one = f.bake(&["--one-file-system"]);
+    let one = f.bake_expecting(3, &["--one-file-system"]);
     assert_eq!(one["files"], 1, "{one:#}");
     assert_eq!(one["unverified"][0]["path"], "mnt/data");
     assert!(
@@ -605,7 +614,7 @@ fn package_databases_missing_empty_or_malformed() {
         "Package: good\nStatus: install ok installed\nVersion: 1.0\nArchitecture: amd64\n\nStatus: install ok installed\nVersion: 2\n\nPackage: also-good\nStatus: install ok installed\nVersion: 3\nArchitecture: all\n\n",
     )
     .unwrap();
-    let baked = f.bake(&[]);
+    let baked = f.bake_expecting(3, &[]);
     assert_eq!(baked["packages"], 2, "{baked:#}");
     let problem = &baked["unverified"][0];
     assert_eq!(problem["path"], "var/lib/dpkg/status");
@@ -780,4 +789,19 @@ fn hard_links_broken_or_made_are_metadata_drift() {
     );
     // c's content changed too: that is its own deviation.
     assert!(deviations(&report).contains(&("modified".to_string(), "c".to_string())));
+}
+
+#[test]
+fn a_closed_output_pipe_keeps_the_verdict() {
+    // `verify | head` must still say "drift" (1), not "error" (2).
+    let f = Fixture::new();
+    f.bake(&[]);
+    std::fs::write(f.root().join("etc/motd"), b"changed\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["verify", "--root", &f.r(), "--manifest", &f.m()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    assert_eq!(child.wait().unwrap().code(), Some(1));
 }
