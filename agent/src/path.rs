@@ -71,6 +71,18 @@ impl JsonPath {
     }
 }
 
+/// A list of unverified paths as JSON: each its path (as [`JsonPath`]) and
+/// the reason.
+pub fn unverified_json(list: &[driftwatch_proto::Unverified]) -> Vec<serde_json::Value> {
+    list.iter()
+        .map(|u| {
+            let mut v = serde_json::to_value(JsonPath::new(&u.path)).expect("plain struct");
+            v["reason"] = u.reason.clone().into();
+            v
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

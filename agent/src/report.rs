@@ -6,7 +6,7 @@ use driftwatch_proto::manifest::hex;
 use driftwatch_proto::{Digest, DriftCounts, EntryKind, PackageManager, Provenance, Unverified};
 use serde::{Serialize, Serializer};
 
-use crate::path::{JsonPath, display, escape};
+use crate::path::{JsonPath, display, escape, unverified_json};
 use crate::scan::ContentMode;
 
 /// What kind of deviation, as named in every report.
@@ -224,16 +224,7 @@ impl Report {
 
     /// The JSON document `verify --format json` prints.
     pub fn to_json(&self) -> serde_json::Value {
-        let not_verified: Vec<serde_json::Value> = self
-            .coverage
-            .not_verified
-            .iter()
-            .map(|u| {
-                let mut v = serde_json::to_value(JsonPath::new(&u.path)).expect("plain struct");
-                v["reason"] = u.reason.clone().into();
-                v
-            })
-            .collect();
+        let not_verified = unverified_json(&self.coverage.not_verified);
         let counts: serde_json::Map<String, serde_json::Value> = DeviationKind::ALL
             .iter()
             .map(|k| (k.as_str().to_string(), self.count(*k).into()))

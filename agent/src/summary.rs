@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use driftwatch_proto::{Digest, EntryKind, Manifest};
 
-use crate::path::{JsonPath, display, escape};
+use crate::path::{display, escape, unverified_json};
 
 /// Counts, provenance, policy and digest of a manifest.
 #[derive(Debug, Clone)]
@@ -31,15 +31,7 @@ impl Summary<'_> {
     pub fn to_json(&self) -> serde_json::Value {
         let m = self.manifest;
         let p = &m.provenance;
-        let unverified: Vec<serde_json::Value> = m
-            .unverified
-            .iter()
-            .map(|u| {
-                let mut v = serde_json::to_value(JsonPath::new(&u.path)).expect("plain struct");
-                v["reason"] = u.reason.clone().into();
-                v
-            })
-            .collect();
+        let unverified = unverified_json(&m.unverified);
         let databases: Vec<serde_json::Value> = m
             .package_databases
             .iter()
