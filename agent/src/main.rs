@@ -180,11 +180,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let baked = bake::bake(&root, &policy, provenance, &scan.options(ContentMode::Hash))?;
             bake::write_manifest(&out, &baked.encoded.bytes)?;
             warn_if_manifest_inside_root(&root, &out, &policy);
-            let summary = Summary {
-                manifest: &baked.manifest,
-                digest: baked.encoded.digest,
-                bytes: baked.encoded.bytes.len(),
-            };
+            let summary = Summary::new(
+                &baked.manifest,
+                baked.encoded.digest,
+                baked.encoded.bytes.len(),
+            );
             let output = match format {
                 Format::Json => {
                     let mut json_out = summary.to_json();
@@ -234,15 +234,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome { code, output })
         }
         Command::Inspect { manifest, format } => {
-            let bytes = std::fs::read(&manifest)
-                .with_context(|| format!("cannot read manifest {}", manifest.display()))?;
-            let decoded = driftwatch_proto::manifest::codec::decode(&bytes)
-                .with_context(|| manifest.display().to_string())?;
-            let summary = Summary {
-                manifest: &decoded.manifest,
-                digest: decoded.digest,
-                bytes: bytes.len(),
-            };
+            let decoded = read_manifest(&manifest)?;
+            let summary = Summary::new(&decoded.manifest, decoded.digest, decoded.encoded_len);
             let output = match format {
                 Format::Json => json(&summary.to_json())?,
                 Format::Text => summary.to_text(),

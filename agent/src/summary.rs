@@ -13,15 +13,28 @@ pub struct Summary<'a> {
     pub digest: Digest,
     /// Encoded size of the manifest file.
     pub bytes: usize,
+    files: usize,
+    dirs: usize,
+    symlinks: usize,
 }
 
-impl Summary<'_> {
-    fn count(&self, kind: EntryKind) -> usize {
-        self.manifest
-            .entries
-            .iter()
-            .filter(|e| e.kind == kind)
-            .count()
+impl<'a> Summary<'a> {
+    /// Counts entry types once; both renderings use the counts.
+    pub fn new(manifest: &'a Manifest, digest: Digest, bytes: usize) -> Summary<'a> {
+        let count = |kind| manifest.entries.iter().filter(|e| e.kind == kind).count();
+        Summary {
+            manifest,
+            digest,
+            bytes,
+            files: count(EntryKind::File),
+            dirs: count(EntryKind::Dir),
+            symlinks: count(EntryKind::Symlink),
+        }
+    }
+
+    /// Entries that are not files, directories or symlinks.
+    fn other(&self) -> usize {
+        self.manifest.entries.len() - self.files - self.dirs - self.symlinks
     }
 
     pub fn bytes_per_entry(&self) -> f64 {
@@ -53,13 +66,10 @@ impl Summary<'_> {
                 "tool_version": p.tool_version,
             },
             "entries": m.entries.len(),
-            "files": self.count(EntryKind::File),
-            "dirs": self.count(EntryKind::Dir),
-            "symlinks": self.count(EntryKind::Symlink),
-            "other": m.entries.len()
-                - self.count(EntryKind::File)
-                - self.count(EntryKind::Dir)
-                - self.count(EntryKind::Symlink),
+            "files": self.files,
+            "dirs": self.dirs,
+            "symlinks": self.symlinks,
+            "other": self.other(),
             "packages": m.packages.len(),
             "package_databases": databases,
             "policy": {
@@ -100,13 +110,10 @@ impl Summary<'_> {
             out,
             "entries         {} ({} files, {} dirs, {} symlinks, {} other)",
             m.entries.len(),
-            self.count(EntryKind::File),
-            self.count(EntryKind::Dir),
-            self.count(EntryKind::Symlink),
-            m.entries.len()
-                - self.count(EntryKind::File)
-                - self.count(EntryKind::Dir)
-                - self.count(EntryKind::Symlink)
+            self.files,
+            self.dirs,
+            self.symlinks,
+            self.other()
         );
         let dbs: Vec<String> = m
             .package_databases

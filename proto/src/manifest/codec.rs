@@ -80,6 +80,8 @@ pub struct Encoded {
 pub struct Decoded {
     pub manifest: Manifest,
     pub digest: Digest,
+    /// Size of the encoded manifest that was read, in bytes.
+    pub encoded_len: usize,
 }
 
 /// Encodes a manifest. Lists are sorted here, so callers cannot produce two
@@ -317,6 +319,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, ManifestError> {
             unverified,
         },
         digest,
+        encoded_len: bytes.len(),
     })
 }
 
