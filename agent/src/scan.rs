@@ -339,13 +339,24 @@ pub fn scan_with<V: Visitor>(
 /// once (its other links are excluded or outside the root) is no group.
 /// `entries` must be sorted by path.
 pub fn assign_hardlink_groups(entries: &mut [Entry], links: Vec<(Box<[u8]>, LinkId)>) {
-    let mut members: HashMap<LinkId, Vec<usize>> = HashMap::new();
-    for (path, id) in links {
-        if let Ok(index) = entries.binary_search_by(|e| e.path.cmp(&path)) {
-            members.entry(id).or_default().push(index);
+    for (number, group) in link_groups(links).into_iter().enumerate() {
+        let number = u32::try_from(number + 1).unwrap_or(u32::MAX);
+        for path in group {
+            if let Ok(index) = entries.binary_search_by(|e| e.path.cmp(&path)) {
+                entries[index].hardlink_group = number;
+            }
         }
     }
-    let mut groups: Vec<Vec<usize>> = members
+}
+
+/// The paths seen under one inode, for every inode seen under more than
+/// one name: each group sorted, groups ordered by their first path.
+pub fn link_groups(links: Vec<(Box<[u8]>, LinkId)>) -> Vec<Vec<Box<[u8]>>> {
+    let mut by_inode: HashMap<LinkId, Vec<Box<[u8]>>> = HashMap::new();
+    for (path, id) in links {
+        by_inode.entry(id).or_default().push(path);
+    }
+    let mut groups: Vec<Vec<Box<[u8]>>> = by_inode
         .into_values()
         .filter(|m| m.len() > 1)
         .map(|mut m| {
@@ -353,12 +364,8 @@ pub fn assign_hardlink_groups(entries: &mut [Entry], links: Vec<(Box<[u8]>, Link
             m
         })
         .collect();
-    groups.sort_unstable_by_key(|m| m[0]);
-    for (number, group) in groups.into_iter().enumerate() {
-        for index in group {
-            entries[index].hardlink_group = u32::try_from(number + 1).unwrap_or(u32::MAX);
-        }
-    }
+    groups.sort_unstable_by(|a, b| a[0].cmp(&b[0]));
+    groups
 }
 
 /// How directories are opened: never through a symlink.

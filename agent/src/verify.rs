@@ -372,14 +372,9 @@ fn compare_hardlinks(
             .ok()
     };
     // Live groups: inodes seen under more than one name.
-    let mut by_inode: HashMap<LinkId, Vec<Box<[u8]>>> = HashMap::new();
-    for (path, id) in live_links {
-        by_inode.entry(id).or_default().push(path);
-    }
     let mut live_leader: HashMap<Box<[u8]>, String> = HashMap::new(); // over shared paths
     let mut live_any_leader: HashMap<Box<[u8]>, String> = HashMap::new(); // over all
-    for mut members in by_inode.into_values().filter(|m| m.len() > 1) {
-        members.sort_unstable();
+    for members in scan::link_groups(live_links) {
         let any = display(&members[0]);
         let shared: Vec<&Box<[u8]>> = members.iter().filter(|p| in_image(p).is_some()).collect();
         let shared_leader = (shared.len() > 1).then(|| display(shared[0]));
