@@ -1,0 +1,252 @@
+//! `driftwatch-collector serve`: the gRPC server.
+//!
+//! Everything that can be wrong with the setup (config, TLS files, a
+//! plaintext listener on a public address, the data dir) is checked before
+//! the port is bound, so a bad deployment fails at once with a clear
+//! message instead of half-working.
+//!
+//! Served on one port: the agent sessions, the fleet service, the standard
+//! `grpc.health.v1` health service and server reflection (v1 and v1alpha),
+//! so generic gRPC tools work against it.
+
+pub mod fleet;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use driftwatch_proto::pb::v1::agent_service_server::AgentServiceServer;
+use driftwatch_proto::pb::v1::fleet_service_server::FleetServiceServer;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::config::Config;
+use crate::ingest::Writer;
+use crate::query::{Connections, Queries};
+use crate::store::sqlite::SqliteBackend;
+use crate::store::{Backend, StoreError};
+
+/// PEM files for TLS; with `ca`, clients must present a certificate it
+/// signed (mutual TLS).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    pub fn is_empty(&self) -> bool {
+        self.cert.is_none() && self.key.is_none() && self.ca.is_none()
+    }
+}
+
+#[derive(Debug)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: Config,
+    pub tls: TlsFiles,
+    /// Allow plaintext on a non-loopback address.
+    pub insecure: bool,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "refusing to serve plaintext on {0}, which is not a loopback address: agents' reports \
+         and fleet commands would cross the network unauthenticated. Give --tls-cert, --tls-key \
+         and --tls-ca for mutual TLS, or --insecure if the network is trusted"
+    )]
+    PlaintextOnNetwork(SocketAddr),
+    #[error("TLS needs both --tls-cert and --tls-key")]
+    TlsIncomplete,
+    #[error("cannot read {what} {path}: {source}")]
+    TlsFile {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid TLS setup: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Transport(String),
+}
+
+fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::TlsFile {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Builds the TLS config, or `None` for plaintext (allowed on loopback, or
+/// with `insecure`).
+fn tls_config(options: &ServeOptions) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let tls = &options.tls;
+    if tls.is_empty() {
+        if !options.listen.ip().is_loopback() && !options.insecure {
+            return Err(ServeError::PlaintextOnNetwork(options.listen));
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return Err(ServeError::TlsIncomplete);
+    };
+    let identity = Identity::from_pem(
+        read_pem("certificate", cert)?,
+        read_pem("private key", key)?,
+    );
+    let mut config = ServerTlsConfig::new().identity(identity);
+    match &tls.ca {
+        Some(ca) => config = config.client_ca_root(Certificate::from_pem(read_pem("CA", ca)?)),
+        None => tracing::warn!(
+            "TLS without --tls-ca: clients are not authenticated; any client can report"
+        ),
+    }
+    Ok(Some(config))
+}
+
+/// Runs until `shutdown` completes. `on_listening` gets the bound address
+/// (useful with port 0).
+pub async fn serve(
+    options: ServeOptions,
+    on_listening: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let tls = tls_config(&options)?;
+    let backend: Arc<dyn Backend> = Arc::new(SqliteBackend::open(&options.data_dir)?);
+    let config = Arc::new(options.config);
+    let (writer, _writer_thread) = Writer::start(backend.open()?);
+    let connections = Arc::new(Connections::default());
+    let queries = Queries::new(
+        backend.clone(),
+        config.replacement.clone(),
+        connections.clone(),
+    );
+
+    let sessions = session::Sessions {
+        writer: writer.clone(),
+        config: config.clone(),
+        connections,
+    };
+    let fleet = fleet::Fleet { writer, queries };
+    let max_message = config.limits.max_message_bytes;
+    let agent_service = AgentServiceServer::new(sessions).max_decoding_message_size(max_message);
+    let fleet_service = FleetServiceServer::new(fleet).max_decoding_message_size(max_message);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AgentServiceServer<session::Sessions>>()
+        .await;
+    health
+        .set_serving::<FleetServiceServer<fleet::Fleet>>()
+        .await;
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(driftwatch_proto::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| ServeError::Transport(e.to_string()))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| ServeError::Transport(e.to_string()))?;
+
+    let mut server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true);
+    let secure = tls.is_some();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: options.listen,
+        source,
+    })?;
+    tracing::info!(
+        %addr,
+        tls = secure,
+        store = %backend.describe(),
+        "driftwatch-collector listening"
+    );
+    on_listening(addr);
+    server
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(agent_service)
+        .add_service(fleet_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| ServeError::Transport(e.to_string()))?;
+    tracing::info!("driftwatch-collector stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(listen: &str, tls: TlsFiles, insecure: bool) -> ServeOptions {
+        ServeOptions {
+            listen: listen.parse().unwrap(),
+            data_dir: PathBuf::from("/nonexistent"),
+            config: Config::default(),
+            tls,
+            insecure,
+        }
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_unless_insecure() {
+        assert!(tls_config(&options("127.0.0.1:1", TlsFiles::default(), false)).is_ok());
+        assert!(tls_config(&options("[::1]:1", TlsFiles::default(), false)).is_ok());
+        let err = tls_config(&options("0.0.0.0:1", TlsFiles::default(), false)).unwrap_err();
+        assert!(matches!(err, ServeError::PlaintextOnNetwork(_)));
+        assert!(tls_config(&options("0.0.0.0:1", TlsFiles::default(), true)).is_ok());
+        let half = TlsFiles {
+            cert: Some("c.pem".into()),
+            ..TlsFiles::default()
+        };
+        assert!(matches!(
+            tls_config(&options("0.0.0.0:1", half, false)),
+            Err(ServeError::TlsIncomplete)
+        ));
+        let missing = TlsFiles {
+            cert: Some("/nonexistent/c.pem".into()),
+            key: Some("/nonexistent/k.pem".into()),
+            ca: None,
+        };
+        let err = tls_config(&options("0.0.0.0:1", missing, false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read certificate /nonexistent/c.pem"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! `FleetService`: what ops tools, the image pipeline and schedulers call.
+
+use std::sync::Arc;
+
+use driftwatch_proto::pb::v1 as pb;
+use pb::fleet_service_server::FleetService;
+use tonic::{Request, Response, Status};
+
+use crate::ingest::Writer;
+use crate::query::{HostView, Queries};
+use crate::store::{StoreError, Write, Written};
+use crate::{time, wire};
+
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub writer: Writer,
+    pub queries: Arc<Queries>,
+}
+
+fn store_error(e: StoreError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+fn summary(view: &HostView) -> pb::HostSummary {
+    wire::host_summary(&view.record, &view.assessment, view.connected)
+}
+
+impl Fleet {
+    async fn existing(&self, host_id: &str) -> Result<HostView, Status> {
+        wire::check_host_id(host_id).map_err(|e| Status::invalid_argument(e.0))?;
+        self.queries
+            .host(host_id.to_string())
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| Status::not_found(format!("no host {host_id}")))
+    }
+
+    async fn host_write(&self, host_id: &str, write: Write) -> Result<pb::HostSummary, Status> {
+        match self.writer.write(write).await {
+            Ok(Written::Host { found: true }) => Ok(summary(&self.existing(host_id).await?)),
+            Ok(_) => Err(Status::not_found(format!("no host {host_id}"))),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl FleetService for Fleet {
+    async fn list_hosts(
+        &self,
+        _: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let hosts = self.queries.hosts().await.map_err(store_error)?;
+        Ok(Response::new(pb::ListHostsResponse {
+            hosts: hosts.iter().map(summary).collect(),
+        }))
+    }
+
+    async fn get_host(
+        &self,
+        request: Request<pb::GetHostRequest>,
+    ) -> Result<Response<pb::HostReport>, Status> {
+        let host_id = request.into_inner().host_id;
+        wire::check_host_id(&host_id).map_err(|e| Status::invalid_argument(e.0))?;
+        let report = self
+            .queries
+            .report(host_id.clone())
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| Status::not_found(format!("no host {host_id}")))?;
+        Ok(Response::new(pb::HostReport {
+            host: Some(summary(&report.view)),
+            deviations: report.deviations.iter().map(wire::host_deviation).collect(),
+            history: report.history.iter().map(wire::drift_point).collect(),
+        }))
+    }
+
+    async fn list_replacements(
+        &self,
+        _: Request<pb::ListReplacementsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let hosts = self.queries.replacements().await.map_err(store_error)?;
+        Ok(Response::new(pb::ListHostsResponse {
+            hosts: hosts.iter().map(summary).collect(),
+        }))
+    }
+
+    async fn acknowledge_host(
+        &self,
+        request: Request<pb::HostRequest>,
+    ) -> Result<Response<pb::HostSummary>, Status> {
+        let host_id = request.into_inner().host_id;
+        let view = self.existing(&host_id).await?;
+        let codes = view
+            .assessment
+            .reasons
+            .iter()
+            .map(|r| r.code.clone())
+            .collect();
+        let write = Write::Acknowledge {
+            host_id: host_id.clone(),
+            codes,
+            at: time::now(),
+        };
+        tracing::info!(%host_id, "host acknowledged");
+        Ok(Response::new(self.host_write(&host_id, write).await?))
+    }
+
+    async fn retire_host(
+        &self,
+        request: Request<pb::HostRequest>,
+    ) -> Result<Response<pb::HostSummary>, Status> {
+        let host_id = request.into_inner().host_id;
+        wire::check_host_id(&host_id).map_err(|e| Status::invalid_argument(e.0))?;
+        let write = Write::Retire {
+            host_id: host_id.clone(),
+            at: time::now(),
+        };
+        let summary = self.host_write(&host_id, write).await?;
+        tracing::info!(%host_id, "host retired");
+        Ok(Response::new(summary))
+    }
+
+    async fn register_image(
+        &self,
+        request: Request<pb::RegisterImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let record = wire::image_record(&request.into_inner(), time::now())
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        let stored = match self.writer.write(Write::RegisterImage(record)).await {
+            Ok(Written::Image(stored)) => stored,
+            Ok(other) => return Err(Status::internal(format!("unexpected {other:?}"))),
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        tracing::info!(
+            image_id = %stored.image_id,
+            image_version = %stored.image_version,
+            digest = %crate::policy::short_hex(&stored.manifest_digest),
+            "image registered"
+        );
+        let hosts = self
+            .queries
+            .images()
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .find(|(i, _)| i.manifest_digest == stored.manifest_digest)
+            .map_or(0, |(_, n)| n);
+        Ok(Response::new(wire::image(&stored, hosts)))
+    }
+
+    async fn list_images(
+        &self,
+        _: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let images = self.queries.images().await.map_err(store_error)?;
+        Ok(Response::new(pb::ListImagesResponse {
+            images: images.iter().map(|(i, n)| wire::image(i, *n)).collect(),
+        }))
+    }
+}

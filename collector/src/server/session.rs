@@ -1,0 +1,193 @@
+//! `AgentService/Session`: one long-lived stream per agent.
+//!
+//! Reports are pipelined: each is validated and queued for the writer as it
+//! arrives, and an ack task awaits their commits in order and acknowledges
+//! each one only once it is on disk. A report that fails validation ends the
+//! session with `INVALID_ARGUMENT` after the acks for everything before it
+//! have been sent; nothing of the bad report is stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use driftwatch_proto::pb::v1 as pb;
+use pb::agent_message::Body;
+use pb::agent_service_server::AgentService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::Config;
+use crate::ingest::{Pending, Writer};
+use crate::query::{Connected, Connections};
+use crate::store::{Write, Written};
+use crate::{time, wire};
+
+/// An agent that connects but says nothing is dropped after this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// Reports queued for commit per session before reading slows down.
+const IN_FLIGHT: usize = 256;
+
+/// The agent-facing service.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    pub writer: Writer,
+    pub config: Arc<Config>,
+    pub connections: Arc<Connections>,
+}
+
+type Outbound = mpsc::Sender<Result<pb::CollectorMessage, Status>>;
+
+#[tonic::async_trait]
+impl AgentService for Sessions {
+    type SessionStream = ReceiverStream<Result<pb::CollectorMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 15 s"))??;
+        let hello = match first.and_then(|m| m.body) {
+            Some(Body::Hello(hello)) => hello,
+            Some(_) => {
+                return Err(Status::failed_precondition(
+                    "the first message of a session must be Hello",
+                ));
+            }
+            None => return Err(Status::invalid_argument("the session ended before Hello")),
+        };
+        let open = wire::session_open(&hello, time::now())
+            .map_err(|e| Status::invalid_argument(format!("invalid Hello: {e}")))?;
+        let host_id = open.host_id.clone();
+        let last_applied_seq = match self.writer.write(Write::Session(open)).await {
+            Ok(Written::Session { last_applied_seq }) => last_applied_seq,
+            Ok(other) => return Err(Status::internal(format!("unexpected {other:?}"))),
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        tracing::info!(%host_id, %peer, last_applied_seq, "agent session opened");
+        let (outbound, receiver) = mpsc::channel(IN_FLIGHT + 8);
+        let welcome = pb::CollectorMessage {
+            body: Some(pb::collector_message::Body::Welcome(pb::Welcome {
+                last_applied_seq,
+            })),
+        };
+        outbound
+            .send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
+        let session = Session {
+            connected: self.connections.connect(&host_id),
+            host_id,
+            writer: self.writer.clone(),
+            config: self.config.clone(),
+        };
+        tokio::spawn(session.run(inbound, outbound));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+struct Session {
+    host_id: String,
+    writer: Writer,
+    config: Arc<Config>,
+    #[allow(dead_code, reason = "held for its Drop: marks the host connected")]
+    connected: Connected,
+}
+
+impl Session {
+    async fn run(self, mut inbound: Streaming<pb::AgentMessage>, outbound: Outbound) {
+        let (acks, pending) = mpsc::channel(IN_FLIGHT);
+        let acker = tokio::spawn(acknowledge(pending, outbound.clone()));
+        let ending = self.read(&mut inbound, &acks).await;
+        // Every report read before the end is acknowledged before the
+        // session's final status.
+        drop(acks);
+        let _ = acker.await;
+        match ending {
+            Ok(()) => tracing::info!(host_id = %self.host_id, "agent session closed"),
+            Err(status) => {
+                tracing::warn!(host_id = %self.host_id, "agent session ended: {}", status.message());
+                let _ = outbound.send(Err(status)).await;
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        inbound: &mut Streaming<pb::AgentMessage>,
+        acks: &mpsc::Sender<(u64, Pending)>,
+    ) -> Result<(), Status> {
+        let mut previous_seq = 0;
+        while let Some(message) = inbound.message().await? {
+            match message.body {
+                Some(Body::Report(report)) => {
+                    if report.seq <= previous_seq {
+                        return Err(Status::invalid_argument(format!(
+                            "report seq {} is not above the previous report's {previous_seq}",
+                            report.seq
+                        )));
+                    }
+                    previous_seq = report.seq;
+                    let write = wire::report_write(
+                        &self.host_id,
+                        &report,
+                        &self.config.limits,
+                        &self.config.replacement,
+                        time::now(),
+                    )
+                    .map_err(|e| Status::invalid_argument(e.0))?;
+                    let pending = self
+                        .writer
+                        .submit(Write::Report(write))
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    if acks.send((report.seq, pending)).await.is_err() {
+                        // The ack task stopped: the agent is gone or the
+                        // store failed; it has sent the status.
+                        return Ok(());
+                    }
+                }
+                Some(Body::Heartbeat(_)) => {
+                    // Liveness only: not awaited, not acknowledged.
+                    let _ = self
+                        .writer
+                        .submit(Write::Heartbeat {
+                            host_id: self.host_id.clone(),
+                            at: time::now(),
+                        })
+                        .await;
+                }
+                Some(Body::Hello(_)) => {
+                    return Err(Status::failed_precondition(
+                        "Hello may be sent only once per session",
+                    ));
+                }
+                None => return Err(Status::invalid_argument("empty AgentMessage")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends `Ack(seq)` for each report, in order, once it is committed.
+async fn acknowledge(mut pending: mpsc::Receiver<(u64, Pending)>, outbound: Outbound) {
+    while let Some((seq, commit)) = pending.recv().await {
+        let message = match commit.committed().await {
+            Ok(_) => Ok(pb::CollectorMessage {
+                body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })),
+            }),
+            Err(e) => Err(Status::unavailable(format!(
+                "report {seq} was not stored ({e}); replay it"
+            ))),
+        };
+        let failed = message.is_err();
+        if outbound.send(message).await.is_err() || failed {
+            return;
+        }
+    }
+}
