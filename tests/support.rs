@@ -5,39 +5,40 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod collector;
+pub mod sim;
+pub mod tls;
+
 /// The `driftwatch-agent` binary from this workspace's target directory,
 /// built on first use if `cargo test` has not built it already.
 pub fn agent_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/<this test> -> target/<profile>/driftwatch-agent
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let bin = profile_dir.join("driftwatch-agent");
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "-q",
-                    "-p",
-                    "driftwatch-agent",
-                    "--bin",
-                    "driftwatch-agent",
-                ])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building driftwatch-agent failed");
-        }
-        assert!(
-            bin.exists(),
-            "driftwatch-agent not found at {}",
-            bin.display()
-        );
-        bin
-    })
+    BIN.get_or_init(|| workspace_bin("driftwatch-agent", "driftwatch-agent"))
+}
+
+/// The `driftwatch-collector` binary, likewise.
+pub fn collector_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("driftwatch-collector", "driftwatch-collector"))
+}
+
+fn workspace_bin(name: &str, package: &str) -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join(name);
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", package, "--bin", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building {name} failed");
+    }
+    assert!(bin.exists(), "{name} not found at {}", bin.display());
+    bin
 }
 
 /// Runs the agent with `args` and returns its output.
