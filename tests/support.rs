@@ -31,8 +31,10 @@ fn workspace_bin(name: &str, package: &str) -> PathBuf {
         .expect("target/<profile>");
     let bin = profile_dir.join(name);
     if !bin.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let status = Command::new(env!("CARGO"))
             .args(["build", "-q", "-p", package, "--bin", name])
+            .args(release.then_some("--release"))
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building {name} failed");

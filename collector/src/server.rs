@@ -119,6 +119,24 @@ fn tls_config(options: &ServeOptions) -> Result<Option<ServerTlsConfig>, ServeEr
     Ok(Some(config))
 }
 
+/// Every agent holds a connection: raise the soft descriptor limit to the
+/// hard one (systemd's default soft limit of 1024 would cap the fleet), and
+/// return the limit now in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 /// Runs until `shutdown` completes. `on_listening` gets the bound address
 /// (useful with port 0).
 pub async fn serve(
@@ -187,9 +205,11 @@ pub async fn serve(
         addr: options.listen,
         source,
     })?;
+    let max_files = raise_open_file_limit();
     tracing::info!(
         %addr,
         tls = secure,
+        open_file_limit = max_files.map_or_else(|| "unlimited".into(), |n| n.to_string()),
         store = %backend.describe(),
         "driftwatch-collector listening"
     );
