@@ -33,7 +33,14 @@ fn venv() -> PathBuf {
         };
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
         run(Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+            ])
             .arg(&requirements));
         std::fs::write(&stamp, wanted).unwrap();
     }
@@ -69,6 +76,9 @@ fn python_grpcio_checks_health_and_lists_services_by_reflection() {
         "method driftwatch.v1.FleetService/ListReplacements driftwatch.v1.ListReplacementsRequest",
         "method driftwatch.v1.FleetService/RetireHost driftwatch.v1.HostRequest",
     ] {
-        assert!(lines.contains(&expected), "missing {expected:?} in:\n{stdout}");
+        assert!(
+            lines.contains(&expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
 }
