@@ -17,6 +17,10 @@
 //!
 //! Reads go through a caller-owned buffer (one per worker thread), never
 //! `mmap`: a file truncated while mapped would kill the agent with SIGBUS.
+//!
+//! A long-lived agent may pace its reads ([`ReadControl::limit`], shared by
+//! every worker) and may be told to stop mid-file ([`ReadControl::cancel`]);
+//! with neither set, reading costs one branch per buffer more than before.
 
 use std::ffi::{CStr, OsStr};
 use std::fs::File;
@@ -24,11 +28,13 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::scan::Meta;
+use crate::throttle::ReadLimit;
 
 /// How many times a file that changes while it is read is read again.
 const ATTEMPTS: usize = 3;
@@ -37,6 +43,30 @@ const ATTEMPTS: usize = 3;
 /// SIMD paths and to keep syscalls per byte low, small enough to be cheap per
 /// thread.
 pub const BUFFER_SIZE: usize = 256 * 1024;
+
+/// What paces and stops reading, shared by every scan worker. The default
+/// reads at full speed and never stops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadControl<'a> {
+    /// The cap on bytes read per second, for all workers together.
+    pub limit: Option<&'a ReadLimit>,
+    /// Set when the scan is abandoned: reading stops at the next buffer.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+impl ReadControl<'_> {
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Accounts for `bytes` read; false once the scan is cancelled.
+    fn pace(&self, bytes: u64) -> bool {
+        match self.limit {
+            Some(limit) => limit.consume(bytes, self.cancel).is_ok(),
+            None => !self.cancelled(),
+        }
+    }
+}
 
 /// A file's content hash and the metadata of what was actually read.
 #[derive(Debug, Clone)]
@@ -58,6 +88,9 @@ pub enum HashError {
     Replaced,
     #[error("kept changing while being read ({ATTEMPTS} attempts)")]
     KeptChanging,
+    /// The scan was cancelled while this file was being read.
+    #[error("scan cancelled")]
+    Cancelled,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -69,6 +102,7 @@ pub fn hash_file<Fd: AsFd>(
     name: &CStr,
     seen: &Meta,
     buf: &mut [u8],
+    control: ReadControl<'_>,
 ) -> Result<Hashed, HashError> {
     let dir = dir.as_fd();
     for _ in 0..ATTEMPTS {
@@ -77,7 +111,7 @@ pub fn hash_file<Fd: AsFd>(
         if !is_seen_file(&before, seen) {
             return Err(HashError::Replaced);
         }
-        let (blake3, bytes_read) = hash_open_file(&file, buf, before.size)?;
+        let (blake3, bytes_read) = hash_open_file(&file, buf, before.size, control)?;
         let after = Meta::from_stat(&rustix::fs::fstat(&file).map_err(io::Error::from)?);
         if after.same_content_stamp(&before) && bytes_read == after.size {
             let capability = read_capability(&file)?;
@@ -97,7 +131,12 @@ fn is_seen_file(now: &Meta, seen: &Meta) -> bool {
 
 /// Hashes at most `size + 1` bytes: one more than expected proves the file
 /// grew (the caller sees the count differ from the size and reads again).
-fn hash_open_file(file: &File, buf: &mut [u8], size: u64) -> io::Result<([u8; 32], u64)> {
+fn hash_open_file(
+    file: &File,
+    buf: &mut [u8],
+    size: u64,
+    control: ReadControl<'_>,
+) -> Result<([u8; 32], u64), HashError> {
     let mut hasher = blake3::Hasher::new();
     let mut total: u64 = 0;
     let mut limited = file.take(size.saturating_add(1));
@@ -107,9 +146,12 @@ fn hash_open_file(file: &File, buf: &mut [u8], size: u64) -> io::Result<([u8; 32
             Ok(n) => {
                 hasher.update(&buf[..n]);
                 total = total.saturating_add(n as u64);
+                if !control.pace(n as u64) {
+                    return Err(HashError::Cancelled);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok((*hasher.finalize().as_bytes(), total))
@@ -226,7 +268,7 @@ mod tests {
     fn hash_path(path: &Path, seen: &Meta, buf: &mut [u8]) -> Result<Hashed, HashError> {
         let dir = File::open(path.parent().unwrap()).unwrap();
         let name = std::ffi::CString::new(path.file_name().unwrap().as_encoded_bytes()).unwrap();
-        hash_file(&dir, &name, seen, buf)
+        hash_file(&dir, &name, seen, buf, ReadControl::default())
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! - [`report`]: the verify report as data and as text for operators.
 //! - [`summary`]: a manifest at a glance, for `bake` and `inspect`.
 //! - [`path`]: how raw byte paths are shown to people and in JSON.
+//! - [`throttle`]: the read-rate cap shared by every scan thread.
+//! - [`run`]: the long-lived agent: scan every interval, spool the changes
+//!   durably, stream them to the collector.
 
 pub mod bake;
 pub mod hash;
@@ -20,6 +23,8 @@ pub mod packages;
 pub mod path;
 pub mod policy;
 pub mod report;
+pub mod run;
 pub mod scan;
 pub mod summary;
+pub mod throttle;
 pub mod verify;

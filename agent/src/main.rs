@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use driftwatch_agent::bake::{self, read_manifest};
 use driftwatch_agent::policy::Policy;
+use driftwatch_agent::run::config::{self as run_config, Collector, TlsFiles};
 use driftwatch_agent::scan::{ContentMode, ScanOptions, default_threads};
 use driftwatch_agent::summary::Summary;
 use driftwatch_agent::verify;
@@ -81,12 +82,90 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Run as the host's long-lived agent: verify at start and every
+    /// interval, and stream the changes to the collector. Logs go to stderr.
+    Run(RunArgs),
     /// Show a manifest's provenance, counts, policy and digest.
     Inspect {
         manifest: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The collector's URL: http://HOST:PORT, or https://HOST:PORT with --tls-ca.
+    #[arg(long, value_name = "URL")]
+    collector: String,
+    /// The live root to verify (/ on a host).
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// The image's manifest.
+    #[arg(long, value_name = "FILE")]
+    manifest: PathBuf,
+    /// The host's identity [default: <root>/etc/machine-id, else the hostname].
+    #[arg(long, value_name = "ID")]
+    host_id: Option<String>,
+    /// Time between scans (30s, 5m, 1h, ...).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = run_config::parse_duration)]
+    interval: std::time::Duration,
+    /// Where the spool and state live (created 0700).
+    #[arg(long, value_name = "DIR", default_value = run_config::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Time between heartbeats to the collector.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = run_config::parse_duration)]
+    heartbeat: std::time::Duration,
+    /// The collector's CA certificate (PEM); turns TLS on.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// This agent's client certificate (PEM), with --tls-key.
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// This agent's private key (PEM), with --tls-cert.
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Scan worker threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+    /// Cap on bytes hashed per second, for all threads (1048576, 50M, 64MiB) [default: unlimited].
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = run_config::parse_bytes)]
+    max_read_rate: Option<u64>,
+    /// Bound on the spool of undelivered reports; the oldest are dropped past it.
+    #[arg(long, value_name = "N", default_value = "64MiB", value_parser = run_config::parse_bytes)]
+    spool_max_bytes: u64,
+    /// Do not descend into other file systems mounted below the root.
+    #[arg(long)]
+    one_file_system: bool,
+    /// Scan once, wait until the collector has acknowledged every report, exit.
+    #[arg(long)]
+    once: bool,
+}
+
+impl RunArgs {
+    fn config(self) -> anyhow::Result<run_config::Config> {
+        let tls = TlsFiles {
+            ca: self.tls_ca,
+            cert: self.tls_cert,
+            key: self.tls_key,
+        };
+        let config = run_config::Config {
+            collector: Collector::new(&self.collector, &tls)?,
+            root: self.root,
+            manifest: self.manifest,
+            host_id: self.host_id,
+            interval: self.interval,
+            state_dir: self.state_dir,
+            heartbeat: self.heartbeat,
+            threads: usize::from(self.threads),
+            max_read_rate: self.max_read_rate,
+            spool_max_bytes: self.spool_max_bytes,
+            one_file_system: self.one_file_system,
+            once: self.once,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,6 +184,7 @@ impl ScanArgs {
             threads: self.threads.map_or_else(default_threads, usize::from),
             content,
             one_file_system: self.one_file_system,
+            ..ScanOptions::default()
         }
     }
 }
@@ -233,6 +313,13 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             };
             Ok(Outcome { code, output })
         }
+        Command::Run(args) => {
+            run_agent(args.config()?)?;
+            Ok(Outcome {
+                code: 0,
+                output: String::new(),
+            })
+        }
         Command::Inspect { manifest, format } => {
             let decoded = read_manifest(&manifest)?;
             let summary = Summary::new(&decoded.manifest, decoded.digest, decoded.encoded_len);
@@ -243,6 +330,44 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome { code: 0, output })
         }
     }
+}
+
+/// Runs the long-lived agent until SIGTERM or SIGINT (or, with `--once`,
+/// until its scan is delivered). Priorities are lowered before the runtime
+/// starts, so every thread inherits them.
+fn run_agent(config: run_config::Config) -> anyhow::Result<()> {
+    use driftwatch_agent::run;
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .init();
+    let lowered = run::priority::lower();
+    if let Err(e) = lowered.nice {
+        tracing::warn!(error = %e, "cannot lower the CPU priority; running at normal priority");
+    }
+    if let Err(e) = lowered.io_idle {
+        tracing::warn!(error = %e, "cannot set the idle IO class; use --max-read-rate to limit reading");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("driftwatch-rt")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = run::shutdown_signal().context("cannot install signal handlers")?;
+        run::run(config, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    // An abandoned scan's threads stop at their next file; exit does not
+    // wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 /// Writes command output, surfacing a closed pipe as an error instead of

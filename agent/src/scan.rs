@@ -20,14 +20,16 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use driftwatch_proto::{Entry, EntryKind, Unverified};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use crate::hash::{self, HashError};
+use crate::hash::{self, HashError, ReadControl};
 use crate::policy::Policy;
+use crate::throttle::ReadLimit;
 
 /// The metadata the scan uses, from one `lstat` or `fstat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +138,13 @@ pub struct ScanOptions {
     /// Do not descend into directories on another file system than the
     /// root's; each such mount point is reported as not verified.
     pub one_file_system: bool,
+    /// A cap on content bytes read per second, shared by all threads, so a
+    /// long-lived agent is not felt by the workload. `None`: full speed.
+    pub read_limit: Option<Arc<ReadLimit>>,
+    /// Set to abandon the scan: workers stop at the next job (or buffer)
+    /// and the scan returns [`ScanError::Cancelled`], never a partial
+    /// result that could pass for a complete one.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ScanOptions {
@@ -144,6 +153,23 @@ impl Default for ScanOptions {
             threads: default_threads(),
             content: ContentMode::Hash,
             one_file_system: false,
+            read_limit: None,
+            cancel: None,
+        }
+    }
+}
+
+impl ScanOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_deref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn read_control(&self) -> ReadControl<'_> {
+        ReadControl {
+            limit: self.read_limit.as_deref(),
+            cancel: self.cancel.as_deref(),
         }
     }
 }
@@ -167,6 +193,8 @@ pub enum ScanError {
     Thread(io::Error),
     #[error("a scan worker failed unexpectedly (a bug); the scan was abandoned")]
     WorkerPanicked,
+    #[error("the scan was cancelled")]
+    Cancelled,
 }
 
 /// The identity of an inode with more than one link: (device, inode).
@@ -328,6 +356,9 @@ pub fn scan_with<V: Visitor>(
         }
         if panicked {
             return Err(ScanError::WorkerPanicked);
+        }
+        if options.cancelled() {
+            return Err(ScanError::Cancelled);
         }
         Ok::<_, ScanError>(totals)
     })?;
@@ -495,7 +526,7 @@ impl Walker<'_> {
     fn next_job(&self) -> Option<Job> {
         let mut state = self.queue.lock().expect("scan queue poisoned");
         loop {
-            if state.aborted {
+            if state.aborted || self.options.cancelled() {
                 return None;
             }
             if let Some(job) = state.jobs.pop() {
@@ -712,7 +743,7 @@ impl Walker<'_> {
         buf: &mut [u8],
         out: &mut Worker<'_, V>,
     ) {
-        match hash::hash_file(&**dir, name, &seen, buf) {
+        match hash::hash_file(&**dir, name, &seen, buf, self.options.read_control()) {
             Ok(hashed) => {
                 out.totals.files_hashed += 1;
                 out.totals.bytes_hashed += hashed.meta.size;
@@ -735,6 +766,8 @@ impl Walker<'_> {
                     out.unverified(path, "replaced by a directory during scan; not entered");
                 }
             }
+            // The whole scan is being abandoned; this is never reported.
+            Err(HashError::Cancelled) => out.unverified(path, "scan cancelled"),
             Err(e @ HashError::KeptChanging) | Err(e @ HashError::Io(_)) => {
                 let reason = match &e {
                     HashError::Io(io) => format!("cannot read: {io}"),
@@ -756,7 +789,7 @@ mod tests {
         ScanOptions {
             threads,
             content,
-            one_file_system: false,
+            ..ScanOptions::default()
         }
     }
 
@@ -951,6 +984,48 @@ mod tests {
         );
         // The directory that was queued is the one listed: its real content.
         assert!(found.contains(&"a/b/real".to_string()), "{found:?}");
+    }
+
+    /// The cap holds for the whole scan, across threads. Only a lower bound
+    /// on the time is checked: throttling can only make the scan slower,
+    /// so this is not a flaky timing test.
+    #[test]
+    fn a_read_limit_caps_hashing_across_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            std::fs::write(dir.path().join(format!("f{i}")), vec![i as u8; 1 << 20]).unwrap();
+        }
+        let rate = 2 << 20;
+        let options = ScanOptions {
+            read_limit: Some(Arc::new(ReadLimit::new(rate))),
+            ..options(3, ContentMode::Hash)
+        };
+        let started = std::time::Instant::now();
+        let scan = scan(dir.path(), &Policy::builtin(), &options).unwrap();
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(scan.bytes_hashed, 3 << 20);
+        // 3 MiB at 2 MiB/s, less the 0.1 s burst: at least 1.4 s.
+        assert!(elapsed >= 1.2, "3 MiB hashed in {elapsed:.2}s at 2 MiB/s");
+        // The hashes are the same as unthrottled.
+        let plain = super::scan(dir.path(), &Policy::builtin(), &options_plain()).unwrap();
+        assert_eq!(scan.entries, plain.entries);
+    }
+
+    fn options_plain() -> ScanOptions {
+        options(2, ContentMode::Hash)
+    }
+
+    #[test]
+    fn a_cancelled_scan_is_an_error_not_a_partial_result() {
+        let dir = tree();
+        let options = ScanOptions {
+            cancel: Some(Arc::new(AtomicBool::new(true))),
+            ..options(2, ContentMode::Hash)
+        };
+        assert!(matches!(
+            scan(dir.path(), &Policy::builtin(), &options),
+            Err(ScanError::Cancelled)
+        ));
     }
 
     #[test]

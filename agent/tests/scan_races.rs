@@ -86,7 +86,7 @@ fn scan_survives_a_tree_changing_under_it() {
     let options = ScanOptions {
         threads: 4,
         content: ContentMode::Hash,
-        one_file_system: false,
+        ..ScanOptions::default()
     };
 
     std::thread::scope(|s| {
