@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod collector;
+pub mod running_agent;
 pub mod sim;
 pub mod tls;
 

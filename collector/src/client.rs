@@ -85,7 +85,8 @@ pub async fn fleet(url: &str, tls: &TlsFiles) -> Result<FleetServiceClient<Chann
             url: url.to_string(),
             message: error_chain(&e),
         })?;
-    Ok(FleetServiceClient::new(channel))
+    // A host report carries up to 10,000 deviations with their values.
+    Ok(FleetServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 
 /// An error with its causes, which is where transport errors say what

@@ -58,6 +58,9 @@ enum Command {
     /// One host's report: deviations with expected and actual values.
     Host {
         host_id: String,
+        /// Show at most this many deviations (critical first; at most 10000).
+        #[arg(long, default_value_t = 10_000)]
+        limit: u32,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -213,10 +216,17 @@ async fn run(command: Command) -> anyhow::Result<String> {
                 Format::Table => output::hosts_table(&hosts),
             })
         }
-        Command::Host { host_id, client: c } => {
+        Command::Host {
+            host_id,
+            limit,
+            client: c,
+        } => {
             let report = client::fleet(&c.server, &c.tls.files())
                 .await?
-                .get_host(pb::GetHostRequest { host_id })
+                .get_host(pb::GetHostRequest {
+                    host_id,
+                    max_deviations: limit,
+                })
                 .await
                 .map_err(status)?
                 .into_inner();

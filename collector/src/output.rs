@@ -266,7 +266,16 @@ pub fn report_text(report: &pb::HostReport) -> String {
         }
     }
     if !report.deviations.is_empty() {
-        let _ = writeln!(out, "\ndeviations ({}):", report.deviations.len());
+        let shown = report.deviations.len() as u64;
+        if shown < h.deviation_count {
+            let _ = writeln!(
+                out,
+                "\ndeviations (showing {shown} of {}, critical first; --limit to change):",
+                h.deviation_count
+            );
+        } else {
+            let _ = writeln!(out, "\ndeviations ({shown}):");
+        }
         for d in &report.deviations {
             let dev = d.deviation.clone().unwrap_or_default();
             let subject = match &dev.subject {

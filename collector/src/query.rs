@@ -15,6 +15,8 @@ use crate::time;
 
 /// How many drift points a host report carries.
 pub const HISTORY_POINTS: usize = 500;
+/// How many deviations a host report carries unless asked for fewer.
+pub const MAX_DEVIATIONS: usize = 10_000;
 
 /// Which hosts have an agent session open right now.
 #[derive(Debug, Default)]
@@ -184,9 +186,11 @@ impl Queries {
         .await
     }
 
+    /// One host with at most `max_deviations` deviations (critical first).
     pub async fn report(
         self: &Arc<Self>,
         host_id: String,
+        max_deviations: usize,
     ) -> Result<Option<HostReport>, StoreError> {
         self.with(move |q, store| {
             let known = known_images(store)?;
@@ -195,7 +199,7 @@ impl Queries {
             };
             Ok(Some(HostReport {
                 view: q.view(record, time::now(), &known),
-                deviations: store.deviations(&host_id)?,
+                deviations: store.deviations(&host_id, max_deviations)?,
                 history: store.history(&host_id, HISTORY_POINTS)?,
             }))
         })

@@ -41,8 +41,12 @@ pub trait Store: Send + std::fmt::Debug {
     fn write(&mut self, batch: &[Write]) -> Result<Vec<Written>, StoreError>;
     fn hosts(&mut self) -> Result<Vec<HostRecord>, StoreError>;
     fn host(&mut self, host_id: &str) -> Result<Option<HostRecord>, StoreError>;
-    /// The host's current deviations, critical ones first.
-    fn deviations(&mut self, host_id: &str) -> Result<Vec<DeviationRecord>, StoreError>;
+    /// The host's current deviations, critical ones first, at most `limit`.
+    fn deviations(
+        &mut self,
+        host_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeviationRecord>, StoreError>;
     /// The newest `limit` drift points, oldest first.
     fn history(&mut self, host_id: &str, limit: usize) -> Result<Vec<DriftPoint>, StoreError>;
     /// Registered images, each with how many non-retired hosts run it.

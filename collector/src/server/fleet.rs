@@ -60,11 +60,16 @@ impl FleetService for Fleet {
         &self,
         request: Request<pb::GetHostRequest>,
     ) -> Result<Response<pb::HostReport>, Status> {
-        let host_id = request.into_inner().host_id;
+        let request = request.into_inner();
+        let host_id = request.host_id;
         wire::check_host_id(&host_id).map_err(|e| Status::invalid_argument(e.0))?;
+        let limit = match request.max_deviations as usize {
+            0 => crate::query::MAX_DEVIATIONS,
+            n => n.min(crate::query::MAX_DEVIATIONS),
+        };
         let report = self
             .queries
-            .report(host_id.clone())
+            .report(host_id.clone(), limit)
             .await
             .map_err(store_error)?
             .ok_or_else(|| Status::not_found(format!("no host {host_id}")))?;

@@ -254,15 +254,19 @@ impl Store for SqliteStore {
         Ok(Some(host))
     }
 
-    fn deviations(&mut self, host_id: &str) -> Result<Vec<DeviationRecord>, StoreError> {
+    fn deviations(
+        &mut self,
+        host_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeviationRecord>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT kind, body, critical, first_seen, last_changed FROM deviations
-                 WHERE host_id = ?1 ORDER BY critical DESC, key",
+                 WHERE host_id = ?1 ORDER BY critical DESC, key LIMIT ?2",
             )
             .map_err(db)?;
-        stmt.query_map([host_id], |r| {
+        stmt.query_map(params![host_id, limit as i64], |r| {
             Ok(DeviationRecord {
                 kind: r.get(0)?,
                 body: r.get(1)?,
@@ -695,7 +699,7 @@ mod tests {
 
     fn keys(store: &mut Box<dyn Store>, host: &str) -> Vec<String> {
         store
-            .deviations(host)
+            .deviations(host, 100)
             .unwrap()
             .into_iter()
             .map(|d| String::from_utf8(d.body).unwrap())
