@@ -2,8 +2,10 @@
 //! clients holding a certificate from that CA get in.
 
 use std::path::Path;
+use std::time::Duration;
 
 use driftwatch_e2e::collector::Collector;
+use driftwatch_e2e::running_agent::RunningAgent;
 use driftwatch_e2e::tls::{Ca, Leaf};
 
 fn tls_args(ca: &Path, leaf: Option<&Leaf>) -> Vec<String> {
@@ -121,4 +123,68 @@ fn plaintext_off_loopback_needs_insecure_and_bad_tls_files_fail_before_binding()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn agents_without_a_fleet_certificate_are_refused_and_one_with_it_reports() {
+    let pki = pki();
+    let data = tempfile::tempdir().unwrap();
+    let mut collector = start(&pki, data.path());
+    collector.client_tls = tls_args(&pki.ca.cert, Some(&pki.client));
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/app.conf"), "x").unwrap();
+    let manifest = work.path().join("m.dwm");
+    let (code, _) = driftwatch_e2e::agent_json(&[
+        "bake",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        manifest.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    let agent = |host: &str, leaf: Option<&Leaf>, extra: &[&str]| {
+        let state = work.path().join(format!("state-{host}"));
+        let mut args = RunningAgent::args(&collector.url(), &root, &manifest, &state);
+        args.extend(["--host-id".to_string(), host.to_string()]);
+        args.extend(tls_args(&pki.ca.cert, leaf));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        RunningAgent::start(&args)
+    };
+
+    let anonymous = agent("anonymous", None, &[]);
+    let stranger = agent("stranger", Some(&pki.stranger), &[]);
+    for refused in [&anonymous, &stranger] {
+        refused.wait_for("collector unreachable", 1, Duration::from_secs(30));
+    }
+    let mut trusted = agent("trusted", Some(&pki.client), &["--once"]);
+    assert!(
+        trusted.wait(Duration::from_secs(60)).success(),
+        "{}",
+        trusted.log()
+    );
+    let hosts = collector.cli_json(&["hosts"]);
+    let ids: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["trusted"],
+        "only the agent with a fleet certificate got in"
+    );
+    for refused in [&anonymous, &stranger] {
+        assert_eq!(
+            refused.count("connected to collector"),
+            0,
+            "{}",
+            refused.log()
+        );
+    }
 }
