@@ -7,38 +7,13 @@
 
 use base64::Engine;
 
-/// A path for a terminal: the root is `.`, and bytes are escaped as
-/// [`escape_bytes`] does.
-pub fn display(path: &[u8]) -> String {
-    if path.is_empty() {
-        return ".".to_string();
-    }
-    escape_bytes(path)
-}
+pub use driftwatch_proto::text::{display_path as display, escape_bytes};
 
 /// Text from the host or a manifest (package names, versions, reasons,
 /// provenance) for a terminal: control characters are escaped like paths, so
 /// a hostile package name cannot rewrite the operator's screen.
 pub fn escape(text: &str) -> String {
     escape_bytes(text.as_bytes())
-}
-
-/// Invalid UTF-8 becomes `\xNN`; control characters and `\` are escaped.
-pub fn escape_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() || c == '\\' {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
 }
 
 /// The JSON form of a path: `path` always (lossy for invalid UTF-8, the

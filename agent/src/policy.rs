@@ -10,10 +10,11 @@
 //! runtime_zones = ["etc/myapp/secrets", "srv/data"]
 //! ```
 //!
-//! Patterns are globs over paths relative to the root (`*` stays within one
-//! path component, `**` crosses them). A pattern matches a path when it
-//! matches the path itself or any of its ancestors, so `var/log` covers
-//! everything below `var/log`. A leading `/` is accepted and ignored.
+//! Patterns mean what they mean everywhere in driftwatch
+//! ([`driftwatch_proto::patterns`]): globs over paths relative to the root
+//! (`*` stays within one path component, `**` crosses them) that match a
+//! path or any of its ancestors, so `var/log` covers everything below
+//! `var/log`. A leading `/` is accepted and ignored.
 //!
 //! - *Excluded* paths are not walked at all: pseudo file systems and caches
 //!   whose churn says nothing about the image. They are listed in every
@@ -25,7 +26,7 @@
 use std::path::Path;
 
 use driftwatch_proto::PolicySpec;
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use driftwatch_proto::patterns::{self, PathPatterns};
 use serde::Deserialize;
 
 /// Pseudo file systems, scratch space and caches: never part of an image's
@@ -112,8 +113,8 @@ fn yes() -> bool {
 #[derive(Debug, Clone)]
 pub struct Policy {
     spec: PolicySpec,
-    exclude: GlobSet,
-    runtime_zones: GlobSet,
+    exclude: PathPatterns,
+    runtime_zones: PathPatterns,
 }
 
 impl Policy {
@@ -188,111 +189,49 @@ impl Policy {
 
     /// Whether a path (relative, '/'-separated) is excluded from the walk.
     pub fn is_excluded(&self, path: &[u8]) -> bool {
-        matches_self_or_ancestor(&self.exclude, path)
+        self.exclude.matches(path)
     }
 
     /// Whether the walk skips this entry, given that its ancestors were
     /// already walked (so only the path itself needs matching).
     pub fn excludes_entry(&self, path: &[u8]) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        !self.exclude.is_empty()
-            && self
-                .exclude
-                .is_match(Path::new(std::ffi::OsStr::from_bytes(path)))
+        self.exclude.matches_exactly(path)
     }
 
     /// Whether a path lies in a runtime zone.
     pub fn in_runtime_zone(&self, path: &[u8]) -> bool {
-        matches_self_or_ancestor(&self.runtime_zones, path)
+        self.runtime_zones.matches(path)
     }
 }
 
-/// Matching each ancestor gives prefix semantics to plain directory names
-/// while still allowing globs in any component.
-fn matches_self_or_ancestor(set: &GlobSet, path: &[u8]) -> bool {
-    if set.is_empty() || path.is_empty() {
-        return false;
-    }
-    // globset matches on `Path`; on Unix a path is any byte string.
-    use std::os::unix::ffi::OsStrExt;
-    let mut end = path.len();
-    loop {
-        let candidate = Path::new(std::ffi::OsStr::from_bytes(&path[..end]));
-        if set.is_match(candidate) {
-            return true;
-        }
-        match path[..end].iter().rposition(|&b| b == b'/') {
-            Some(slash) => end = slash,
-            None => return false,
-        }
-    }
-}
-
-/// Strips a leading '/', drops duplicates, and rejects patterns that could
-/// never match a relative path or would reach outside the root.
+/// Normalises each pattern (see [`patterns::normalise`]) and drops
+/// duplicates.
 fn normalise(list: &'static str, patterns: Vec<String>) -> Result<Vec<String>, PolicyError> {
     let mut out: Vec<String> = Vec::with_capacity(patterns.len());
     for pattern in patterns {
-        let bad = |reason: &str| PolicyError::Pattern {
+        let trimmed = patterns::normalise(&pattern).map_err(|reason| PolicyError::Pattern {
             list,
             pattern: pattern.clone(),
-            reason: reason.to_string(),
-        };
-        let trimmed = pattern.trim_start_matches('/').trim_end_matches('/');
-        if trimmed.is_empty() {
-            return Err(bad("matches the whole root; that would verify nothing"));
-        }
-        if trimmed
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(bad("empty, '.' or '..' path components are not allowed"));
-        }
-        // A pattern whose first component matches any name would cover
-        // everything: the root, verified as nothing.
-        let first = trimmed.split('/').next().unwrap_or_default();
-        if first.chars().all(|c| matches!(c, '*' | '?')) {
-            return Err(bad(
-                "its first component matches every name; that would cover the whole root",
-            ));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(bad("control characters are not allowed"));
-        }
-        // globset's negated classes match '/', crossing directories.
-        if trimmed.contains("[!") || trimmed.contains("[^") {
-            return Err(bad(
-                "negated character classes ([!...], [^...]) are not supported",
-            ));
-        }
-        if !out.iter().any(|p| p == trimmed) {
-            out.push(trimmed.to_string());
+            reason: match reason {
+                "matches the whole root" => {
+                    "matches the whole root; that would verify nothing".to_string()
+                }
+                other => other.to_string(),
+            },
+        })?;
+        if !out.contains(&trimmed) {
+            out.push(trimmed);
         }
     }
     Ok(out)
 }
 
-fn build_set(list: &'static str, patterns: &[String]) -> Result<GlobSet, PolicyError> {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        builder.add(glob(pattern).map_err(|e| PolicyError::Pattern {
-            list,
-            pattern: pattern.clone(),
-            reason: e.kind().to_string(),
-        })?);
-    }
-    builder.build().map_err(|e| PolicyError::Pattern {
+fn build_set(list: &'static str, patterns: &[String]) -> Result<PathPatterns, PolicyError> {
+    PathPatterns::new(patterns).map_err(|e| PolicyError::Pattern {
         list,
         pattern: patterns.join(", "),
         reason: e.to_string(),
     })
-}
-
-fn glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
 }
 
 #[cfg(test)]

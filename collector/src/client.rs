@@ -10,6 +10,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::server::TlsFiles;
 
+pub use driftwatch_proto::text::error_chain;
+
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -87,20 +89,4 @@ pub async fn fleet(url: &str, tls: &TlsFiles) -> Result<FleetServiceClient<Chann
         })?;
     // A host report carries up to 10,000 deviations with their values.
     Ok(FleetServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
-}
-
-/// An error with its causes, which is where transport errors say what
-/// actually went wrong.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -179,13 +179,14 @@ impl Config {
                 .collect(),
         };
         patterns.extend(r.extra_critical_paths);
-        for p in &patterns {
-            if p.trim_start_matches('/').is_empty() {
-                return Err(ConfigError::Invalid(
-                    "replacement.critical_paths: an empty pattern would match nothing".into(),
-                ));
-            }
-        }
+        let patterns = patterns
+            .iter()
+            .map(|p| {
+                driftwatch_proto::patterns::normalise(p).map_err(|reason| {
+                    ConfigError::Invalid(format!("replacement.critical_paths: {p:?} {reason}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let critical_paths = PathPatterns::new(&patterns)
             .map_err(|e| ConfigError::Invalid(format!("replacement.critical_paths: {e}")))?;
         let limits = Limits {

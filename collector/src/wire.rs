@@ -261,24 +261,7 @@ pub fn deviation_key(d: &pb::Deviation) -> Vec<u8> {
     key
 }
 
-/// A path for people: valid UTF-8 as is, other bytes as `\xNN`, control
-/// characters escaped so a hostile name cannot rewrite a terminal.
-pub fn display_path(path: &[u8]) -> String {
-    let mut out = String::with_capacity(path.len());
-    for chunk in path.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
+pub use driftwatch_proto::text::display_path;
 
 /// Validates an image registration.
 pub fn image_record(r: &pb::RegisterImageRequest, at: i64) -> Result<ImageRecord, Invalid> {
@@ -452,6 +435,5 @@ mod tests {
         let a = path_change(1, "added", b"x").deviation.unwrap();
         let m = path_change(1, "modified", b"x").deviation.unwrap();
         assert_ne!(deviation_key(&a), deviation_key(&m));
-        assert_eq!(display_path(b"ok/\xff\x1bname"), "ok/\\xff\\u{1b}name");
     }
 }

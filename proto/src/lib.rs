@@ -8,6 +8,7 @@
 //!   report and the collector's fleet view can never disagree.
 //! - [`patterns`]: path globs with prefix semantics, one rule for every
 //!   policy (agent exclusions and runtime zones, collector critical paths).
+//! - [`text`]: bytes and errors as text for people (escaped paths).
 //! - [`pb`]: the generated protobuf types and gRPC stubs. The manifest types
 //!   stay at the edge (the rest of driftwatch speaks the domain types); the
 //!   `driftwatch.v1` services (`agent.proto`, `fleet.proto`) are the wire
@@ -16,6 +17,7 @@
 pub mod drift;
 pub mod manifest;
 pub mod patterns;
+pub mod text;
 
 mod generated {
     #![allow(missing_debug_implementations, clippy::all)]

@@ -60,6 +60,38 @@ impl PathPatterns {
     }
 }
 
+/// Normalises one pattern as written in a policy (strips leading and
+/// trailing `/`), or says why it cannot be used: patterns that could never
+/// match a relative path, would reach outside the root, or would cover the
+/// whole root.
+pub fn normalise(pattern: &str) -> Result<String, &'static str> {
+    let trimmed = pattern.trim_start_matches('/').trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err("matches the whole root");
+    }
+    if trimmed
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("empty, '.' or '..' path components are not allowed");
+    }
+    // A pattern whose first component matches any name would cover
+    // everything: the whole root.
+    let first = trimmed.split('/').next().unwrap_or_default();
+    if first.chars().all(|c| matches!(c, '*' | '?')) {
+        return Err("its first component matches every name; that would cover the whole root");
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err("control characters are not allowed");
+    }
+    // globset's negated classes match '/', crossing directories.
+    if trimmed.contains("[!") || trimmed.contains("[^") {
+        return Err("negated character classes ([!...], [^...]) are not supported");
+    }
+    glob(trimmed).map_err(|_| "not a valid glob")?;
+    Ok(trimmed.to_string())
+}
+
 /// Compiles one pattern the way every policy does.
 pub fn glob(pattern: &str) -> Result<Glob, globset::Error> {
     GlobBuilder::new(pattern)
@@ -103,5 +135,22 @@ mod tests {
     fn empty_matches_nothing_and_bad_globs_are_errors() {
         assert!(!PathPatterns::default().matches(b"x"));
         assert!(PathPatterns::new(&["a/[b"]).is_err());
+    }
+
+    #[test]
+    fn normalise_refuses_what_could_cover_everything_or_escape() {
+        assert_eq!(normalise("/usr/bin/").unwrap(), "usr/bin");
+        for bad in [
+            "/",
+            "*",
+            "*/x",
+            "a/../b",
+            "a//b",
+            "a/[!x]",
+            "a/[b",
+            "a\nb\u{1}",
+        ] {
+            assert!(normalise(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -227,21 +227,7 @@ fn read_pem(flag: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(bytes)
 }
 
-/// An error and its sources on one line: tonic's transport errors say
-/// little at the top ("transport error") and the cause underneath.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+pub use driftwatch_proto::text::error_chain;
 
 /// Parses a duration such as `30s`, `5m`, `1h 30m` (humantime).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
