@@ -10,13 +10,19 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::store::{Store, StoreError, Write, Written};
 
 /// How many writes may wait for the writer before callers are slowed down;
 /// this backpressure reaches agents through HTTP/2 flow control.
 const QUEUE: usize = 4096;
+/// How many agent reports may be decoded and not yet committed, across all
+/// sessions. This is what bounds the collector's memory under load: a
+/// session takes a slot before it reads its next message, so with
+/// thousands of agents sending at once the rest wait in their HTTP/2 flow
+/// control windows, not in the collector's heap.
+pub const REPORT_SLOTS: usize = 256;
 /// At most this many changes in one transaction, so one commit never
 /// holds the WAL for long.
 const MAX_BATCH_CHANGES: usize = 50_000;
@@ -32,11 +38,21 @@ pub enum IngestError {
 
 type Reply = oneshot::Sender<Result<Written, IngestError>>;
 
+/// A queued write, its reply, and the report slot it holds until its
+/// commit (if any).
+type Job = (Write, Reply, Option<Slot>);
+
 /// A handle to the writer thread; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<(Write, Reply)>,
+    queue: mpsc::Sender<Job>,
+    slots: Arc<Semaphore>,
 }
+
+/// Permission to have one report decoded and in flight; released when the
+/// report's transaction has committed (or failed).
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code, reason = "held for its Drop")] OwnedSemaphorePermit);
 
 /// A write that has been queued; await it for the committed result.
 #[derive(Debug)]
@@ -56,14 +72,34 @@ impl Writer {
             .name("driftwatch-writer".into())
             .spawn(move || run(store, receiver))
             .expect("spawning the writer thread");
-        (Writer { queue }, thread)
+        let slots = Arc::new(Semaphore::new(REPORT_SLOTS));
+        (Writer { queue, slots }, thread)
+    }
+
+    /// Waits for a report slot; take one before reading a report.
+    pub async fn reserve(&self) -> Result<Slot, IngestError> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map(Slot)
+            .map_err(|_| IngestError::Closed)
     }
 
     /// Queues a write; waits only if the queue is full.
     pub async fn submit(&self, write: Write) -> Result<Pending, IngestError> {
+        self.submit_in(write, None).await
+    }
+
+    /// Queues a write holding `slot` until it is committed.
+    pub async fn submit_in(
+        &self,
+        write: Write,
+        slot: Option<Slot>,
+    ) -> Result<Pending, IngestError> {
         let (reply, receiver) = oneshot::channel();
         self.queue
-            .send((write, reply))
+            .send((write, reply, slot))
             .await
             .map_err(|_| IngestError::Closed)?;
         Ok(Pending(receiver))
@@ -82,19 +118,22 @@ fn changes(write: &Write) -> usize {
     }
 }
 
-fn run(mut store: Box<dyn Store>, mut receiver: mpsc::Receiver<(Write, Reply)>) {
+fn run(mut store: Box<dyn Store>, mut receiver: mpsc::Receiver<Job>) {
     let mut writes = Vec::new();
     let mut replies = Vec::new();
-    while let Some((write, reply)) = receiver.blocking_recv() {
+    let mut slots = Vec::new();
+    while let Some((write, reply, slot)) = receiver.blocking_recv() {
         let mut budget = changes(&write);
         writes.push(write);
         replies.push(reply);
+        slots.extend(slot);
         while budget < MAX_BATCH_CHANGES {
             match receiver.try_recv() {
-                Ok((write, reply)) => {
+                Ok((write, reply, slot)) => {
                     budget += changes(&write);
                     writes.push(write);
                     replies.push(reply);
+                    slots.extend(slot);
                 }
                 Err(_) => break,
             }
@@ -114,5 +153,6 @@ fn run(mut store: Box<dyn Store>, mut receiver: mpsc::Receiver<(Write, Reply)>) 
             }
         }
         writes.clear();
+        slots.clear();
     }
 }

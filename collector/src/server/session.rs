@@ -123,7 +123,17 @@ impl Session {
         acks: &mpsc::Sender<(u64, Pending)>,
     ) -> Result<(), Status> {
         let mut previous_seq = 0;
-        while let Some(message) = inbound.message().await? {
+        loop {
+            // A slot first: under load, sessions wait here with their data
+            // still in flow control rather than decoded in memory.
+            let slot = self
+                .writer
+                .reserve()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let Some(message) = inbound.message().await? else {
+                return Ok(());
+            };
             match message.body {
                 Some(Body::Report(report)) => {
                     if report.seq <= previous_seq {
@@ -141,12 +151,13 @@ impl Session {
                         time::now(),
                     )
                     .map_err(|e| Status::invalid_argument(e.0))?;
+                    drop(report);
                     let pending = self
                         .writer
-                        .submit(Write::Report(write))
+                        .submit_in(Write::Report(write), Some(slot))
                         .await
                         .map_err(|e| Status::unavailable(e.to_string()))?;
-                    if acks.send((report.seq, pending)).await.is_err() {
+                    if acks.send((previous_seq, pending)).await.is_err() {
                         // The ack task stopped: the agent is gone or the
                         // store failed; it has sent the status.
                         return Ok(());
@@ -170,7 +181,6 @@ impl Session {
                 None => return Err(Status::invalid_argument("empty AgentMessage")),
             }
         }
-        Ok(())
     }
 }
 
