@@ -22,10 +22,13 @@ fn tls_args(ca: &Path, leaf: Option<&Leaf>) -> Vec<String> {
 }
 
 struct Pki {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     ca: Ca,
     server: Leaf,
+    /// An ops tool's certificate (CN "ops").
     client: Leaf,
+    /// An agent's certificate (CN "trusted").
+    agent: Leaf,
     stranger: Leaf,
 }
 
@@ -36,14 +39,20 @@ fn pki() -> Pki {
     Pki {
         server: ca.server(dir.path()),
         client: ca.client(dir.path(), "ops"),
+        agent: ca.client(dir.path(), "trusted"),
         stranger: other.client(dir.path(), "stranger"),
         ca,
-        _dir: dir,
+        dir,
     }
 }
 
-fn start(pki: &Pki, data: &Path) -> Collector {
-    let server = tls_args(&pki.ca.cert, Some(&pki.server));
+fn start(pki: &Pki, data: &Path, config: Option<&str>) -> Collector {
+    let mut server = tls_args(&pki.ca.cert, Some(&pki.server));
+    if let Some(config) = config {
+        let path = pki.dir.path().join("collector.toml");
+        std::fs::write(&path, config).unwrap();
+        server.extend(["--config".to_string(), path.display().to_string()]);
+    }
     let args: Vec<&str> = server.iter().map(String::as_str).collect();
     Collector::start(data, &args)
 }
@@ -52,7 +61,7 @@ fn start(pki: &Pki, data: &Path) -> Collector {
 fn only_clients_with_a_certificate_from_the_fleet_ca_get_in() {
     let pki = pki();
     let data = tempfile::tempdir().unwrap();
-    let mut collector = start(&pki, data.path());
+    let mut collector = start(&pki, data.path(), None);
 
     collector.client_tls = tls_args(&pki.ca.cert, Some(&pki.client));
     let ok = collector.cli(&["hosts"]);
@@ -129,7 +138,7 @@ fn plaintext_off_loopback_needs_insecure_and_bad_tls_files_fail_before_binding()
 fn agents_without_a_fleet_certificate_are_refused_and_one_with_it_reports() {
     let pki = pki();
     let data = tempfile::tempdir().unwrap();
-    let mut collector = start(&pki, data.path());
+    let mut collector = start(&pki, data.path(), None);
     collector.client_tls = tls_args(&pki.ca.cert, Some(&pki.client));
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
@@ -161,7 +170,7 @@ fn agents_without_a_fleet_certificate_are_refused_and_one_with_it_reports() {
     for refused in [&anonymous, &stranger] {
         refused.wait_for("collector unreachable", 1, Duration::from_secs(30));
     }
-    let mut trusted = agent("trusted", Some(&pki.client), &["--once"]);
+    let mut trusted = agent("trusted", Some(&pki.agent), &["--once"]);
     assert!(
         trusted.wait(Duration::from_secs(60)).success(),
         "{}",
@@ -187,4 +196,93 @@ fn agents_without_a_fleet_certificate_are_refused_and_one_with_it_reports() {
             refused.log()
         );
     }
+}
+
+fn baked(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/app.conf"), "x").unwrap();
+    let manifest = dir.join("m.dwm");
+    let (code, _) = driftwatch_e2e::agent_json(&[
+        "bake",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        manifest.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    (root, manifest)
+}
+
+#[test]
+fn certificates_decide_who_may_report_as_which_host_and_who_may_retire() {
+    let pki = pki();
+    let data = tempfile::tempdir().unwrap();
+    let mut collector = start(
+        &pki,
+        data.path(),
+        Some("[access]\nfleet_clients = [\"ops\"]\n"),
+    );
+    collector.client_tls = tls_args(&pki.ca.cert, Some(&pki.client));
+    let url = collector.url();
+    let work = tempfile::tempdir().unwrap();
+    let (root, manifest) = baked(work.path());
+    let agent = |host: &str, extra: &[&str]| {
+        let state = work.path().join(format!("state-{host}"));
+        let mut args = RunningAgent::args(&url, &root, &manifest, &state);
+        args.extend(["--host-id".to_string(), host.to_string()]);
+        args.extend(tls_args(&pki.ca.cert, Some(&pki.agent)));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        RunningAgent::start(&args)
+    };
+
+    // The "trusted" certificate cannot report as another host...
+    let impostor = agent("db-1", &[]);
+    impostor.wait_for("collector unreachable", 1, Duration::from_secs(30));
+    assert!(
+        impostor.log().contains("PermissionDenied")
+            || impostor
+                .log()
+                .contains("not a name in the client certificate"),
+        "{}",
+        impostor.log()
+    );
+    // ...but can as itself.
+    let mut honest = agent("trusted", &["--once"]);
+    assert!(
+        honest.wait(Duration::from_secs(60)).success(),
+        "{}",
+        honest.log()
+    );
+
+    // An agent's certificate may not use the fleet service; ops may.
+    collector.client_tls = tls_args(&pki.ca.cert, Some(&pki.agent));
+    let out = collector.cli(&["retire", "trusted"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("PermissionDenied") && stderr.contains("fleet_clients"),
+        "{stderr}"
+    );
+    collector.client_tls = tls_args(&pki.ca.cert, Some(&pki.client));
+    let hosts = collector.cli_json(&["hosts"]);
+    let ids: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["trusted"]);
+    assert_eq!(
+        collector.cli_json(&["retire", "trusted"])["status"],
+        "retired"
+    );
+    assert!(
+        collector.log().contains("agent refused"),
+        "{}",
+        collector.log()
+    );
 }

@@ -17,6 +17,10 @@
 //! [limits]
 //! max_message_bytes = 4194304
 //! max_changes_per_report = 10000
+//!
+//! [access]                     # applies when clients present certificates
+//! fleet_clients = ["ops", "image-pipeline"]   # may use the fleet service
+//! agent_host_id_from_certificate = true       # host_id must be a cert name
 //! ```
 //!
 //! A duration of `"0"` or `"off"` disables that age or silence check.
@@ -26,6 +30,8 @@ use std::time::Duration;
 
 use driftwatch_proto::patterns::PathPatterns;
 use serde::Deserialize;
+
+use crate::access::Access;
 
 /// A deviation under any of these (or any setuid, setgid or capability
 /// change anywhere) flags the host at once and stays until it is retired:
@@ -71,6 +77,7 @@ pub enum ConfigError {
 pub struct Config {
     pub replacement: ReplacementPolicy,
     pub limits: Limits,
+    pub access: Access,
 }
 
 /// When a host should be replaced.
@@ -115,6 +122,16 @@ struct FileConfig {
     replacement: FileReplacement,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    access: FileAccess,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAccess {
+    #[serde(default)]
+    fleet_clients: Vec<String>,
+    agent_host_id_from_certificate: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,6 +243,13 @@ impl Config {
                 critical_path_patterns: patterns,
             },
             limits,
+            access: Access {
+                fleet_clients: file.access.fleet_clients,
+                agent_host_id_from_certificate: file
+                    .access
+                    .agent_host_id_from_certificate
+                    .unwrap_or(true),
+            },
         })
     }
 }

@@ -2,6 +2,8 @@
 //! every host, and says which hosts to replace.
 //!
 //! # Layout
+//! - [`access`]: who may report as which host and who may use the fleet
+//!   service, from client certificates.
 //! - [`config`]: the config file (replacement policy, limits), validated
 //!   before anything starts.
 //! - [`store`]: the storage interface, and [`store::sqlite`], the embedded
@@ -17,6 +19,7 @@
 //! - [`client`] and [`output`]: the ops command line's side.
 //! - [`time`]: Unix seconds, shown as dates and ages.
 
+pub mod access;
 pub mod client;
 pub mod config;
 pub mod ingest;

@@ -21,6 +21,7 @@ use std::time::Duration;
 use driftwatch_proto::pb::v1::agent_service_server::AgentServiceServer;
 use driftwatch_proto::pb::v1::fleet_service_server::FleetServiceServer;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Request;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::Config;
@@ -111,7 +112,15 @@ fn tls_config(options: &ServeOptions) -> Result<Option<ServerTlsConfig>, ServeEr
     );
     let mut config = ServerTlsConfig::new().identity(identity);
     match &tls.ca {
-        Some(ca) => config = config.client_ca_root(Certificate::from_pem(read_pem("CA", ca)?)),
+        Some(ca) => {
+            config = config.client_ca_root(Certificate::from_pem(read_pem("CA", ca)?));
+            if options.config.access.fleet_clients.is_empty() {
+                tracing::warn!(
+                    "access.fleet_clients is empty: any certificate from the CA, agents' \
+                     included, may use the fleet service (acknowledge, retire, register)"
+                );
+            }
+        }
         None => tracing::warn!(
             "TLS without --tls-ca: clients are not authenticated; any client can report"
         ),
@@ -163,7 +172,15 @@ pub async fn serve(
     let fleet = fleet::Fleet { writer, queries };
     let max_message = config.limits.max_message_bytes;
     let agent_service = AgentServiceServer::new(sessions).max_decoding_message_size(max_message);
-    let fleet_service = FleetServiceServer::new(fleet).max_decoding_message_size(max_message);
+    let access = config.access.clone();
+    let fleet_service = tonic::service::interceptor::InterceptedService::new(
+        FleetServiceServer::new(fleet).max_decoding_message_size(max_message),
+        move |request: Request<()>| {
+            access
+                .check_fleet(crate::access::peer_names(&request).as_deref())
+                .map(|()| request)
+        },
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

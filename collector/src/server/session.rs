@@ -48,6 +48,7 @@ impl AgentService for Sessions {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+        let names = crate::access::peer_names(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -64,6 +65,10 @@ impl AgentService for Sessions {
         let open = wire::session_open(&hello, time::now())
             .map_err(|e| Status::invalid_argument(format!("invalid Hello: {e}")))?;
         let host_id = open.host_id.clone();
+        if let Err(denied) = self.config.access.check_agent(names.as_deref(), &host_id) {
+            tracing::warn!(%host_id, %peer, "agent refused: {}", denied.message());
+            return Err(denied);
+        }
         let last_applied_seq = match self.writer.write(Write::Session(open)).await {
             Ok(Written::Session { last_applied_seq }) => last_applied_seq,
             Ok(other) => return Err(Status::internal(format!("unexpected {other:?}"))),
