@@ -198,6 +198,38 @@ fn a_replayed_report_is_applied_once() {
         2,
         "two scans ended, each recorded once: {host:#}"
     );
+    assert_eq!(host["dropped_reports"], 0);
+}
+
+#[test]
+fn reports_an_agent_dropped_are_counted_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &[]);
+    let url = collector.url();
+    runtime().block_on(async {
+        let mut s = Session::open(sim::channel(&url).await, 64 * MIB, sim::hello("lossy"))
+            .await
+            .unwrap();
+        s.send(sim::report(1, 1, vec![sim::added(1)], Some((1, 10))))
+            .await;
+        // Reports 2 to 4 were dropped from the agent's full spool; 5 is the
+        // snapshot that follows, saying so.
+        let mut snapshot = sim::report(5, 5, vec![sim::added(2)], Some((1, 10)));
+        snapshot.dropped_reports = 3;
+        snapshot.scan_end.as_mut().unwrap().snapshot = true;
+        s.send(snapshot).await;
+        s.wait_ack(5).await.unwrap();
+    });
+    let host = collector.cli_json(&["host", "lossy"]);
+    assert_eq!(host["dropped_reports"], 3, "{host:#}");
+    assert_eq!(host["deviation_count"], 1, "the snapshot replaced the set");
+    assert_eq!(host["deviations"][0]["path"], "opt/sim/file-2");
+    let text = collector.cli(&["host", "lossy"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("3 reports dropped"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
 }
 
 #[test]

@@ -35,6 +35,7 @@ pub fn host_json(h: &pb::HostSummary) -> Value {
             "since": time::utc(r.since_unix),
         })).collect::<Vec<_>>(),
         "connected": h.connected,
+        "dropped_reports": h.dropped_reports,
         "first_seen": time::utc(h.first_seen_unix),
         "last_seen": time::utc(h.last_seen_unix),
         "last_seen_unix": h.last_seen_unix,
@@ -251,6 +252,14 @@ pub fn report_text(report: &pb::HostReport) -> String {
         time::utc(h.last_scan_unix),
         or_dash(&h.agent_version)
     );
+    if h.dropped_reports > 0 {
+        let _ = writeln!(
+            out,
+            "{} reports dropped by the agent's bounded spool: changes between scans were lost, \
+             the current state was resent whole",
+            h.dropped_reports
+        );
+    }
     if h.flagged {
         let _ = writeln!(
             out,

@@ -313,6 +313,7 @@ pub fn host_summary(h: &HostRecord, a: &Assessment, connected: bool) -> pb::Host
         acknowledged: a.acknowledged,
         last_scan_unix: h.last_scan,
         connected,
+        dropped_reports: h.dropped_reports,
     }
 }
 
