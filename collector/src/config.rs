@@ -11,12 +11,17 @@
 //! max_instance_age = "30d"     # since the instance first came up
 //! max_image_age = "90d"        # since the image was built
 //! silence_timeout = "15m"      # no report or heartbeat for this long
+//! superseded_grace = "24h"     # after a newer image of the family is registered
 //! critical_paths = ["usr/bin", "etc/sudoers*"]  # replaces the defaults
 //! extra_critical_paths = ["opt/app/bin"]        # adds to them
 //!
 //! [limits]
 //! max_message_bytes = 4194304
 //! max_changes_per_report = 10000
+//!
+//! [queue]                      # the disruption budget for schedulers
+//! max_draining = 5             # hosts draining at once, fleet-wide
+//! max_draining_pct = 10        # per image family
 //!
 //! [access]                     # applies when clients present certificates
 //! fleet_clients = ["ops", "image-pipeline"]   # may use the fleet service
@@ -78,6 +83,19 @@ pub struct Config {
     pub replacement: ReplacementPolicy,
     pub limits: Limits,
     pub access: Access,
+    pub queue: QueueBudget,
+    /// Severity rules and sinks (secrets read, URLs checked).
+    pub alerts: std::sync::Arc<crate::alerts::ValidatedAlerts>,
+}
+
+/// The disruption budget: how many hosts may be draining at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueBudget {
+    /// Across the fleet.
+    pub max_draining: Option<u64>,
+    /// Per image family (image id), as a percentage of its active hosts;
+    /// a family may always drain at least one.
+    pub max_draining_pct: Option<f64>,
 }
 
 /// When a host should be replaced.
@@ -89,6 +107,9 @@ pub struct ReplacementPolicy {
     pub max_image_age: Option<Duration>,
     pub silence_timeout: Option<Duration>,
     pub critical_paths: PathPatterns,
+    /// How long hosts may stay on an image after a newer version of its
+    /// family is registered.
+    pub superseded_grace: Duration,
     /// The patterns as written, for display.
     pub critical_path_patterns: Vec<String>,
 }
@@ -124,6 +145,17 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     access: FileAccess,
+    #[serde(default)]
+    queue: FileQueue,
+    #[serde(default)]
+    alerts: crate::alerts::AlertsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQueue {
+    max_draining: Option<u64>,
+    max_draining_pct: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +176,7 @@ struct FileReplacement {
     critical_paths: Option<Vec<String>>,
     #[serde(default)]
     extra_critical_paths: Vec<String>,
+    superseded_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,8 +274,38 @@ impl Config {
                 )?,
                 critical_paths,
                 critical_path_patterns: patterns,
+                superseded_grace: duration(
+                    "replacement.superseded_grace",
+                    r.superseded_grace.as_deref(),
+                    "24h",
+                )?
+                .unwrap_or_default(),
             },
             limits,
+            alerts: std::sync::Arc::new(
+                file.alerts
+                    .validate()
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            ),
+            queue: {
+                if file.queue.max_draining == Some(0) {
+                    return Err(ConfigError::Invalid(
+                        "queue.max_draining must be at least 1 (omit it for no fleet-wide limit)"
+                            .into(),
+                    ));
+                }
+                if let Some(pct) = file.queue.max_draining_pct
+                    && !(pct > 0.0 && pct <= 100.0)
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "queue.max_draining_pct must be above 0 and at most 100, not {pct}"
+                    )));
+                }
+                QueueBudget {
+                    max_draining: file.queue.max_draining,
+                    max_draining_pct: file.queue.max_draining_pct,
+                }
+            },
             access: Access {
                 fleet_clients: file.access.fleet_clients,
                 agent_host_id_from_certificate: file

@@ -20,12 +20,17 @@
 //! - [`time`]: Unix seconds, shown as dates and ages.
 
 pub mod access;
+pub mod alerts;
 pub mod client;
 pub mod config;
+pub mod http;
 pub mod ingest;
+pub mod metrics;
+pub mod notify;
 pub mod output;
 pub mod policy;
 pub mod query;
+pub mod queue;
 pub mod server;
 pub mod store;
 pub mod time;

@@ -52,6 +52,14 @@ enum Command {
         /// Allow plaintext on a non-loopback address.
         #[arg(long)]
         insecure: bool,
+        /// Serve the dashboard, the JSON API (/api/v1/) and Prometheus
+        /// /metrics on this address (plaintext: loopback unless --insecure).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// File holding the bearer token that HTTP changes (ack, retire,
+        /// drain, release, take) require; without it they are refused.
+        #[arg(long)]
+        http_token_file: Option<PathBuf>,
     },
     /// List every host with its drift, age and flags.
     Hosts(ClientArgs),
@@ -75,6 +83,40 @@ enum Command {
     /// Mark a host retired (replaced): its flags clear.
     Retire {
         host_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The replacement queue: draining and flagged hosts by priority, and
+    /// which the disruption budget holds back.
+    Queue(ClientArgs),
+    /// Take the most urgent host the budget allows (it becomes draining);
+    /// prints nothing and exits 0 when there is none.
+    Take {
+        /// Who takes it (recorded with the host).
+        #[arg(long, default_value = "")]
+        by: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Take a given flagged host, if the budget allows.
+    Drain {
+        host_id: String,
+        #[arg(long, default_value = "")]
+        by: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Give a draining host back to the queue.
+    Release {
+        host_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deviations shared by several hosts (hand-applied hot-fixes).
+    Findings {
+        /// Only deviations on at least this many hosts.
+        #[arg(long, default_value_t = 2)]
+        min_hosts: u32,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -136,6 +178,8 @@ struct ClientArgs {
 enum Format {
     Table,
     Json,
+    /// Hosts lists only (hosts, replacements).
+    Csv,
 }
 
 fn main() -> ExitCode {
@@ -188,6 +232,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             config,
             tls,
             insecure,
+            http,
+            http_token_file,
         } => {
             let config = match &config {
                 Some(path) => Config::load(path)?,
@@ -199,6 +245,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
                 config,
                 tls: tls.files(),
                 insecure,
+                http,
+                http_token_file,
             };
             server::serve(options, |_| {}, shutdown_signal()).await?;
             Ok(String::new())
@@ -213,6 +261,7 @@ async fn run(command: Command) -> anyhow::Result<String> {
                 .hosts;
             Ok(match c.format {
                 Format::Json => json(&output::hosts_json(&hosts)),
+                Format::Csv => output::hosts_csv(&hosts),
                 Format::Table => output::hosts_table(&hosts),
             })
         }
@@ -232,7 +281,7 @@ async fn run(command: Command) -> anyhow::Result<String> {
                 .into_inner();
             Ok(match c.format {
                 Format::Json => json(&output::report_json(&report)),
-                Format::Table => output::report_text(&report),
+                Format::Table | Format::Csv => output::report_text(&report),
             })
         }
         Command::Replacements(c) => {
@@ -245,6 +294,7 @@ async fn run(command: Command) -> anyhow::Result<String> {
                 .hosts;
             Ok(match c.format {
                 Format::Json => json(&output::hosts_json(&hosts)),
+                Format::Csv => output::hosts_csv(&hosts),
                 Format::Table => output::replacements_text(&hosts),
             })
         }
@@ -282,7 +332,7 @@ async fn run(command: Command) -> anyhow::Result<String> {
                 .into_inner();
             Ok(match c.format {
                 Format::Json => json(&output::image_json(&image)),
-                Format::Table => format!(
+                Format::Table | Format::Csv => format!(
                     "registered {} {} (manifest {})\n",
                     image.image_id,
                     image.image_version,
@@ -304,7 +354,82 @@ async fn run(command: Command) -> anyhow::Result<String> {
                 Format::Json => json(&serde_json::Value::Array(
                     images.iter().map(output::image_json).collect(),
                 )),
-                Format::Table => output::images_table(&images),
+                Format::Table | Format::Csv => output::images_table(&images),
+            })
+        }
+        Command::Queue(c) => {
+            let queue = client::fleet(&c.server, &c.tls.files())
+                .await?
+                .get_queue(pb::GetQueueRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            Ok(match c.format {
+                Format::Json => json(&output::queue_json(&queue)),
+                Format::Csv => output::hosts_csv(
+                    &queue
+                        .entries
+                        .into_iter()
+                        .filter_map(|e| e.host)
+                        .collect::<Vec<_>>(),
+                ),
+                Format::Table => output::queue_text(&queue),
+            })
+        }
+        Command::Take { by, client: c } => {
+            let taken = client::fleet(&c.server, &c.tls.files())
+                .await?
+                .take_next(pb::TakeNextRequest { by })
+                .await
+                .map_err(status)?
+                .into_inner();
+            match taken.host {
+                Some(host) => Ok(host_line(&host, "draining", c.format)),
+                None => {
+                    eprintln!("driftwatch-collector: nothing to take: {}", taken.why_none);
+                    Ok(match c.format {
+                        Format::Json => "null\n".into(),
+                        _ => String::new(),
+                    })
+                }
+            }
+        }
+        Command::Drain {
+            host_id,
+            by,
+            client: c,
+        } => {
+            let host = client::fleet(&c.server, &c.tls.files())
+                .await?
+                .drain_host(pb::DrainHostRequest { host_id, by })
+                .await
+                .map_err(status)?
+                .into_inner();
+            Ok(host_line(&host, "draining", c.format))
+        }
+        Command::Release { host_id, client: c } => {
+            let host = client::fleet(&c.server, &c.tls.files())
+                .await?
+                .release_host(pb::HostRequest { host_id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            Ok(host_line(&host, "released", c.format))
+        }
+        Command::Findings {
+            min_hosts,
+            client: c,
+        } => {
+            let findings = client::fleet(&c.server, &c.tls.files())
+                .await?
+                .list_findings(pb::ListFindingsRequest { min_hosts })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .findings;
+            Ok(match c.format {
+                Format::Json => json(&output::findings_json(&findings)),
+                Format::Table | Format::Csv => output::findings_table(&findings),
             })
         }
     }
@@ -313,6 +438,7 @@ async fn run(command: Command) -> anyhow::Result<String> {
 fn host_line(host: &pb::HostSummary, what: &str, format: Format) -> String {
     match format {
         Format::Json => json(&output::host_json(host)),
+        Format::Csv => output::hosts_csv(std::slice::from_ref(host)),
         Format::Table => format!("{} {what}\n", host.host_id),
     }
 }

@@ -36,6 +36,9 @@ pub fn host_json(h: &pb::HostSummary) -> Value {
         })).collect::<Vec<_>>(),
         "connected": h.connected,
         "dropped_reports": h.dropped_reports,
+        "queue_state": h.queue_state,
+        "priority": h.priority,
+        "drained_by": h.drained_by,
         "first_seen": time::utc(h.first_seen_unix),
         "last_seen": time::utc(h.last_seen_unix),
         "last_seen_unix": h.last_seen_unix,
@@ -151,6 +154,7 @@ pub fn report_json(report: &pb::HostReport) -> Value {
                 .map(|p| {
                     json!({
                         "at": time::utc(p.at_unix),
+                        "at_unix": p.at_unix,
                         "drift_pct": p.drift_pct,
                         "deviating_items": p.deviating_items,
                         "observed_items": p.observed_items,
@@ -165,14 +169,21 @@ pub fn report_json(report: &pb::HostReport) -> Value {
 
 fn deviation_json(d: &pb::HostDeviation) -> Value {
     let dev = d.deviation.clone().unwrap_or_default();
-    let mut v = json!({
+    let v = json!({
         "kind": dev.kind,
+        "severity": d.severity,
         "critical": d.critical,
         "first_seen": time::utc(d.first_seen_unix),
         "last_changed": time::utc(d.last_changed_unix),
         "expected": dev.expected.as_ref().map(attrs_json),
         "actual": dev.actual.as_ref().map(attrs_json),
     });
+    with_subject(v, &dev)
+}
+
+/// Adds `path` (and `path_base64` for non-UTF-8 names) or `package`,
+/// `manager` and `architecture`.
+fn with_subject(mut v: Value, dev: &pb::Deviation) -> Value {
     let map = v.as_object_mut().expect("an object");
     match &dev.subject {
         Some(Subject::Path(path)) => {
@@ -373,6 +384,9 @@ pub fn image_json(i: &pb::Image) -> Value {
         "image_version": i.image_version,
         "source_commit": i.source_commit,
         "build_time": time::utc(i.build_time_unix),
+        "build_time_unix": i.build_time_unix,
+        "image_age_secs": if i.build_time_unix > 0 { time::now() - i.build_time_unix } else { -1 },
+        "superseded_by": if i.superseded_by.is_empty() { Value::Null } else { i.superseded_by.clone().into() },
         "entries": i.entries,
         "files": i.files,
         "packages": i.packages,
@@ -466,5 +480,198 @@ mod tests {
         ] {
             assert!(json[0].get(key).is_some(), "{key}");
         }
+    }
+}
+
+pub fn findings_json(findings: &[pb::Finding]) -> Value {
+    Value::Array(
+        findings
+            .iter()
+            .map(|f| {
+                let dev = f.deviation.clone().unwrap_or_default();
+                let v = json!({
+                    "kind": dev.kind,
+                    "severity": f.severity,
+                    "host_count": f.host_count,
+                    "hosts": f.host_ids,
+                    "first_seen": time::utc(f.first_seen_unix),
+                    "actual_blake3": dev.actual.as_ref().and_then(|a| a.blake3.as_ref()).map(|h| hex(h)),
+                    "actual": dev.actual.as_ref().map(attrs_json),
+                });
+                with_subject(v, &dev)
+            })
+            .collect(),
+    )
+}
+
+pub fn findings_table(findings: &[pb::Finding]) -> String {
+    if findings.is_empty() {
+        return "no deviation is shared by several hosts\n".into();
+    }
+    let mut rows =
+        vec![["SEVERITY", "KIND", "SUBJECT", "HOSTS", "FIRST SEEN", "ON"].map(String::from)];
+    for f in findings {
+        let dev = f.deviation.clone().unwrap_or_default();
+        let mut on = f
+            .host_ids
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",");
+        if f.host_count > 3 {
+            on.push_str(&format!(",+{}", f.host_count - 3));
+        }
+        rows.push([
+            f.severity.clone(),
+            dev.kind.clone(),
+            subject_text(&dev),
+            f.host_count.to_string(),
+            time::utc(f.first_seen_unix),
+            on,
+        ]);
+    }
+    table(&rows)
+}
+
+fn subject_text(dev: &pb::Deviation) -> String {
+    match &dev.subject {
+        Some(Subject::Path(p)) => display_path(p),
+        Some(Subject::Package(p)) => format!("{} {} ({})", p.manager, p.name, p.architecture),
+        None => "-".into(),
+    }
+}
+
+pub fn queue_json(q: &pb::Queue) -> Value {
+    json!({
+        "budget": {
+            "max_draining": q.max_draining,
+            "max_draining_pct": q.max_draining_pct,
+            "draining_now": q.draining_now,
+        },
+        "hosts": q.entries.iter().map(|e| {
+            let mut v = e.host.as_ref().map(host_json).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut v {
+                map.insert("state".into(), e.state.clone().into());
+                map.insert("priority".into(), e.priority.into());
+                map.insert("held_back".into(), (!e.held_back.is_empty()).into());
+                map.insert("held_reason".into(), if e.held_back.is_empty() { Value::Null } else { e.held_back.clone().into() });
+            }
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
+
+pub fn queue_text(q: &pb::Queue) -> String {
+    let mut out = String::new();
+    let limits: Vec<String> = q
+        .max_draining
+        .map(|n| format!("at most {n} hosts"))
+        .into_iter()
+        .chain(
+            q.max_draining_pct
+                .map(|p| format!("at most {p}% of an image's hosts")),
+        )
+        .collect();
+    let _ = writeln!(
+        out,
+        "{} draining; budget: {}",
+        q.draining_now,
+        if limits.is_empty() {
+            "none".to_string()
+        } else {
+            limits.join(", ")
+        }
+    );
+    if q.entries.is_empty() {
+        out.push_str("queue empty\n");
+        return out;
+    }
+    let mut rows = vec![
+        [
+            "PRIORITY",
+            "HOST",
+            "IMAGE",
+            "STATE",
+            "DRIFT%",
+            "REASONS",
+            "HELD BACK",
+        ]
+        .map(String::from),
+    ];
+    for e in &q.entries {
+        let Some(h) = &e.host else { continue };
+        rows.push([
+            e.priority.to_string(),
+            h.host_id.clone(),
+            format!("{} {}", or_dash(&h.image_id), or_dash(&h.image_version)),
+            if e.state == "draining" {
+                format!("draining ({})", h.drained_by)
+            } else {
+                e.state.clone()
+            },
+            format!("{:.3}", h.drift_pct),
+            h.reasons
+                .iter()
+                .map(|r| r.code.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            e.held_back.clone(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+/// CSV (RFC 4180) of hosts, for spreadsheets and pipelines.
+pub fn hosts_csv(hosts: &[pb::HostSummary]) -> String {
+    let mut out = String::from(
+        "host_id,hostname,image_id,image_version,status,queue_state,drift_pct,deviation_count,instance_age_secs,image_age_secs,flagged,acknowledged,reasons,last_seen\n",
+    );
+    for h in hosts {
+        let fields = [
+            h.host_id.clone(),
+            h.hostname.clone(),
+            h.image_id.clone(),
+            h.image_version.clone(),
+            h.status.clone(),
+            h.queue_state.clone(),
+            h.drift_pct.to_string(),
+            h.deviation_count.to_string(),
+            h.instance_age_secs.to_string(),
+            h.image_age_secs.to_string(),
+            h.flagged.to_string(),
+            h.acknowledged.to_string(),
+            h.reasons
+                .iter()
+                .map(|r| r.code.as_str())
+                .collect::<Vec<_>>()
+                .join(";"),
+            time::utc(h.last_seen_unix),
+        ];
+        out.push_str(
+            &fields
+                .iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_field(f: &str) -> String {
+    // A leading =, +, - or @ would be a formula in a spreadsheet: quote
+    // and prefix it, since host-controlled text ends up here.
+    let risky = f.starts_with(['=', '+', '-', '@']) && f.parse::<f64>().is_err();
+    if risky || f.contains([',', '"', '\n', '\r']) {
+        format!(
+            "\"{}{}\"",
+            if risky { "'" } else { "" },
+            f.replace('"', "\"\"")
+        )
+    } else {
+        f.to_string()
     }
 }

@@ -36,16 +36,33 @@ pub struct Reason {
 #[derive(Debug, Default)]
 pub struct KnownImages {
     build_times: HashMap<Vec<u8>, i64>,
+    /// Per image family (image id), its newest registered image.
+    newest: HashMap<String, ImageRecord>,
 }
 
 impl KnownImages {
     pub fn new<'a>(images: impl IntoIterator<Item = &'a ImageRecord>) -> KnownImages {
-        KnownImages {
-            build_times: images
-                .into_iter()
-                .map(|i| (i.manifest_digest.clone(), i.build_time))
-                .collect(),
+        let mut known = KnownImages::default();
+        for image in images {
+            known
+                .build_times
+                .insert(image.manifest_digest.clone(), image.build_time);
+            let newer = known.newest.get(&image.image_id).is_none_or(|n| {
+                (image.build_time, image.registered_at) > (n.build_time, n.registered_at)
+            });
+            if newer && !image.image_id.is_empty() {
+                known.newest.insert(image.image_id.clone(), image.clone());
+            }
         }
+        known
+    }
+
+    /// The newer image of the same family that supersedes the image
+    /// `digest` was built as, if one is registered.
+    pub fn superseding(&self, image_id: &str, digest: &[u8]) -> Option<&ImageRecord> {
+        let newest = self.newest.get(image_id)?;
+        let built = self.build_times.get(digest).copied()?;
+        (newest.manifest_digest != digest && newest.build_time > built).then_some(newest)
     }
 }
 
@@ -261,6 +278,9 @@ mod tests {
             sticky: vec![],
             acked_codes: vec![],
             acked_at: 0,
+            queue_state: crate::store::QueueState::None,
+            drain_since: 0,
+            drained_by: String::new(),
         }
     }
 

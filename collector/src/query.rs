@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::ReplacementPolicy;
 use crate::policy::{self, Assessment, KnownImages};
 use crate::store::{
-    Backend, DeviationRecord, DriftPoint, HostRecord, ImageRecord, Store, StoreError,
+    Backend, DeviationRecord, DriftPoint, FindingRecord, HostRecord, ImageRecord, Store, StoreError,
 };
 use crate::time;
 
@@ -79,6 +79,19 @@ pub struct HostView {
     pub assessment: Assessment,
     pub connected: bool,
 }
+
+/// A registered image as the fleet sees it.
+#[derive(Debug, Clone)]
+pub struct ImageView {
+    pub record: ImageRecord,
+    /// Active hosts running it.
+    pub hosts: u64,
+    /// The newer image of the same family, if one is registered.
+    pub superseded_by: Option<ImageRecord>,
+}
+
+/// At most this many fleet-wide findings are listed.
+pub const MAX_FINDINGS: usize = 500;
 
 /// One host in full.
 #[derive(Debug, Clone)]
@@ -206,8 +219,46 @@ impl Queries {
         .await
     }
 
-    pub async fn images(self: &Arc<Self>) -> Result<Vec<(ImageRecord, u64)>, StoreError> {
-        self.with(|_, store| store.images()).await
+    /// Registered images with their host counts and what supersedes them.
+    pub async fn images(self: &Arc<Self>) -> Result<Vec<ImageView>, StoreError> {
+        self.with(|_, store| {
+            let images = store.images()?;
+            let known = KnownImages::new(images.iter().map(|(i, _)| i));
+            Ok(images
+                .iter()
+                .map(|(record, hosts)| ImageView {
+                    superseded_by: known
+                        .superseding(&record.image_id, &record.manifest_digest)
+                        .cloned(),
+                    record: record.clone(),
+                    hosts: *hosts,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Alerts not yet delivered, and alerts given up on.
+    pub async fn alert_backlog(self: &Arc<Self>) -> Result<(u64, u64), StoreError> {
+        self.with(|_, store| store.alert_backlog()).await
+    }
+
+    /// Alerts due for delivery.
+    pub async fn due_alerts(
+        self: &Arc<Self>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::OutboxRecord>, StoreError> {
+        self.with(move |_, store| store.due_alerts(time::now(), limit))
+            .await
+    }
+
+    /// Deviations shared by at least `min_hosts` active hosts.
+    pub async fn findings(
+        self: &Arc<Self>,
+        min_hosts: u64,
+    ) -> Result<Vec<FindingRecord>, StoreError> {
+        self.with(move |_, store| store.findings(min_hosts, MAX_FINDINGS))
+            .await
     }
 }
 

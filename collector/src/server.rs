@@ -53,6 +53,10 @@ pub struct ServeOptions {
     pub tls: TlsFiles,
     /// Allow plaintext on a non-loopback address.
     pub insecure: bool,
+    /// The dashboard, JSON API and metrics.
+    pub http: Option<SocketAddr>,
+    /// The bearer token HTTP changes need.
+    pub http_token_file: Option<PathBuf>,
 }
 
 /// Why the server could not start or stopped.
@@ -83,6 +87,30 @@ pub enum ServeError {
     },
     #[error("server failed: {0}")]
     Transport(String),
+    #[error(
+        "refusing to serve the dashboard and HTTP API in plaintext on {0}, which is not a \
+         loopback address; put it behind a TLS proxy on loopback, or pass --insecure if the \
+         network is trusted"
+    )]
+    HttpOnNetwork(SocketAddr),
+    #[error("--http-token-file {path}: {message}")]
+    Token { path: String, message: String },
+}
+
+/// Reads the HTTP bearer token: at least 16 characters, no whitespace.
+fn read_token(path: &Path) -> Result<blake3::Hash, ServeError> {
+    let bad = |message: String| ServeError::Token {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text.trim();
+    if token.len() < 16 || token.chars().any(char::is_whitespace) {
+        return Err(bad(
+            "the token must be at least 16 characters with no whitespace".into(),
+        ));
+    }
+    Ok(blake3::hash(token.as_bytes()))
 }
 
 fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, ServeError> {
@@ -154,10 +182,26 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = tls_config(&options)?;
+    if let Some(http) = options.http
+        && !http.ip().is_loopback()
+        && !options.insecure
+    {
+        return Err(ServeError::HttpOnNetwork(http));
+    }
+    let token = options
+        .http_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
     let backend: Arc<dyn Backend> = Arc::new(SqliteBackend::open(&options.data_dir)?);
     let config = Arc::new(options.config);
     let (writer, _writer_thread) = Writer::start(backend.open()?);
     let connections = Arc::new(Connections::default());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    for warning in &config.alerts.warnings {
+        tracing::warn!("alerts: {warning}");
+    }
+    let notifier = Arc::new(crate::notify::Notifier::new(config.alerts.clone()));
     let queries = Queries::new(
         backend.clone(),
         config.replacement.clone(),
@@ -167,9 +211,23 @@ pub async fn serve(
     let sessions = session::Sessions {
         writer: writer.clone(),
         config: config.clone(),
-        connections,
+        connections: connections.clone(),
+        notifier: notifier.clone(),
+        metrics: metrics.clone(),
     };
-    let fleet = fleet::Fleet { writer, queries };
+    let scheduler = crate::queue::Scheduler::new(queries.clone(), writer.clone(), config.queue);
+    let fleet = fleet::Fleet {
+        writer,
+        queries,
+        scheduler,
+    };
+    let (dispatch_queries, dispatch_writer) = (fleet.queries.clone(), fleet.writer.clone());
+    let http_state = crate::http::HttpState {
+        fleet: fleet.clone(),
+        metrics: metrics.clone(),
+        connections: connections.clone(),
+        token,
+    };
     let max_message = config.limits.max_message_bytes;
     let agent_service = AgentServiceServer::new(sessions).max_decoding_message_size(max_message);
     let access = config.access.clone();
@@ -223,6 +281,37 @@ pub async fn serve(
         source,
     })?;
     let max_files = raise_open_file_limit();
+    // One shutdown signal for both servers.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let dispatcher = tokio::spawn(crate::notify::dispatch(
+        notifier,
+        dispatch_queries,
+        dispatch_writer,
+        metrics.clone(),
+        stopped.clone(),
+    ));
+    let http_server = match options.http {
+        Some(http) => {
+            let listener = tokio::net::TcpListener::bind(http)
+                .await
+                .map_err(|source| ServeError::Bind { addr: http, source })?;
+            let http_addr = listener
+                .local_addr()
+                .map_err(|source| ServeError::Bind { addr: http, source })?;
+            tracing::info!(%http_addr, changes = http_state.token.is_some(), "dashboard and HTTP API listening");
+            let router = crate::http::router(http_state);
+            let stopped = until_stopped(stopped.clone());
+            Some(tokio::spawn(crate::http::serve(listener, router, stopped)))
+        }
+        None => None,
+    };
     tracing::info!(
         %addr,
         tls = secure,
@@ -237,9 +326,17 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(agent_service)
         .add_service(fleet_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until_stopped(stopped))
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))?;
+    let _ = dispatcher.await;
+    if let Some(http) = http_server {
+        match http.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ServeError::Transport(format!("HTTP: {e}"))),
+            Err(e) => return Err(ServeError::Transport(format!("HTTP: {e}"))),
+        }
+    }
     tracing::info!("driftwatch-collector stopped");
     Ok(())
 }
@@ -255,6 +352,8 @@ mod tests {
             config: Config::default(),
             tls,
             insecure,
+            http: None,
+            http_token_file: None,
         }
     }
 

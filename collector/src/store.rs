@@ -51,6 +51,13 @@ pub trait Store: Send + std::fmt::Debug {
     fn history(&mut self, host_id: &str, limit: usize) -> Result<Vec<DriftPoint>, StoreError>;
     /// Registered images, each with how many non-retired hosts run it.
     fn images(&mut self) -> Result<Vec<(ImageRecord, u64)>, StoreError>;
+    /// The same deviation (kind, subject and actual value) on at least
+    /// `min_hosts` active hosts, most widespread first.
+    fn findings(&mut self, min_hosts: u64, limit: usize) -> Result<Vec<FindingRecord>, StoreError>;
+    /// Alerts due for delivery at `now`, oldest first.
+    fn due_alerts(&mut self, now: i64, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;
+    /// Alerts not yet delivered, and alerts given up on.
+    fn alert_backlog(&mut self) -> Result<(u64, u64), StoreError>;
 }
 
 /// A mutation.
@@ -76,6 +83,52 @@ pub enum Write {
         host_id: String,
         at: i64,
     },
+    /// A scheduler took the host (draining) or gave it back.
+    SetQueueState {
+        host_id: String,
+        state: QueueState,
+        by: String,
+        at: i64,
+    },
+    /// What happened to one outbox alert.
+    AlertOutcome {
+        id: i64,
+        outcome: AlertOutcome,
+    },
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertOutcome {
+    Delivered {
+        at: i64,
+    },
+    Retry {
+        next_attempt: i64,
+        error: String,
+    },
+    /// Permanent failure or too many attempts: kept, never retried.
+    Dead {
+        at: i64,
+        error: String,
+    },
+}
+
+/// Where a host stands in the replacement queue beyond being flagged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    None,
+    /// A scheduler has taken it and is replacing it.
+    Draining,
+}
+
+impl QueueState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueState::None => "none",
+            QueueState::Draining => "draining",
+        }
+    }
 }
 
 /// The result of one [`Write`].
@@ -95,6 +148,7 @@ pub enum Written {
     Host {
         found: bool,
     },
+    Done,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +194,24 @@ pub struct ChangeWrite {
     pub body: Vec<u8>,
     /// Why this change flags the host at once, if it does.
     pub critical: Option<String>,
+    /// high, medium or low, from the alert rules.
+    pub severity: &'static str,
+    /// Kind, subject and actual value: equal on every host that has the
+    /// same deviation, which is what groups fleet-wide findings.
+    pub fingerprint: Vec<u8>,
+    /// The alert to queue, once per sink, if this deviation is new on the
+    /// host (not merely re-sent by a snapshot).
+    pub alert: Option<AlertWrite>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertWrite {
+    /// Stable for this deviation event; receivers deduplicate on it.
+    pub id: String,
+    /// The sinks that take an alert of this severity.
+    pub sinks: std::sync::Arc<[String]>,
+    /// The JSON body sinks deliver.
+    pub body: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +279,10 @@ pub struct HostRecord {
     pub sticky: Vec<StickyFlag>,
     pub acked_codes: Vec<String>,
     pub acked_at: i64,
+    pub queue_state: QueueState,
+    /// When the scheduler took it, and who (0 and empty when not draining).
+    pub drain_since: i64,
+    pub drained_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +290,7 @@ pub struct DeviationRecord {
     pub kind: String,
     pub body: Vec<u8>,
     pub critical: bool,
+    pub severity: String,
     pub first_seen: i64,
     pub last_changed: i64,
 }
@@ -237,4 +314,28 @@ pub struct ImageRecord {
     pub files: u64,
     pub packages: u64,
     pub registered_at: i64,
+}
+
+/// One deviation seen on several hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindingRecord {
+    pub kind: String,
+    /// One host's encoded deviation (they are equal in kind, subject and
+    /// actual value).
+    pub body: Vec<u8>,
+    pub severity: String,
+    pub host_count: u64,
+    /// Up to 100 of them.
+    pub host_ids: Vec<String>,
+    pub first_seen: i64,
+}
+
+/// An alert waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub sink: String,
+    pub alert_id: String,
+    pub body: Vec<u8>,
+    pub attempts: u32,
 }

@@ -11,10 +11,12 @@ use pb::deviation::Subject;
 use prost::Message as _;
 
 use crate::config::{Limits, ReplacementPolicy};
-use crate::policy::{self, Assessment};
+use crate::notify::Notifier;
+use crate::policy;
+use crate::query::HostView;
 use crate::store::{
-    Change, ChangeWrite, DeviationRecord, DriftPoint, HostRecord, ImageRecord, ReportWrite,
-    ScanEndWrite, SessionOpen,
+    AlertWrite, Change, ChangeWrite, DeviationRecord, DriftPoint, FindingRecord, ImageRecord,
+    ReportWrite, ScanEndWrite, SessionOpen,
 };
 
 /// Why a message was refused.
@@ -103,14 +105,16 @@ pub fn session_open(hello: &pb::Hello, at: i64) -> Result<SessionOpen, Invalid> 
 }
 
 /// Validates a report and turns it into a store write, classifying each
-/// change against the replacement policy.
+/// change against the replacement policy and the alert rules.
 pub fn report_write(
-    host_id: &str,
+    host: &SessionOpen,
     report: &pb::Report,
     limits: &Limits,
     policy: &ReplacementPolicy,
+    notifier: &Notifier,
     at: i64,
 ) -> Result<ReportWrite, Invalid> {
+    let host_id = host.host_id.as_str();
     if report.seq == 0 {
         return invalid("report seq must be at least 1");
     }
@@ -139,12 +143,29 @@ pub fn report_write(
             Change::Resolved => None,
             _ => policy::critical(policy, deviation),
         };
+        let key = deviation_key(deviation);
+        let severity = notifier.severity(deviation);
+        let sinks = notifier.sinks_for(severity);
+        let alert = match change {
+            Change::New | Change::Changed if !sinks.is_empty() => {
+                let id = alert_id(host_id, &key, report.seq);
+                Some(AlertWrite {
+                    body: notifier.alert_body(host, deviation, severity, &id, at),
+                    id,
+                    sinks,
+                })
+            }
+            _ => None,
+        };
         changes.push(ChangeWrite {
             change,
-            key: deviation_key(deviation),
+            fingerprint: fingerprint(deviation),
+            key,
             kind: deviation.kind.clone(),
             body: deviation.encode_to_vec(),
             critical,
+            severity: severity.as_str(),
+            alert,
         });
     }
     let scan_end = match &report.scan_end {
@@ -181,6 +202,29 @@ pub fn report_write(
         scan_end,
         at,
     })
+}
+
+/// A stable id for the alert about one deviation event: receivers
+/// deduplicate on it.
+fn alert_id(host_id: &str, key: &[u8], seq: u64) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(host_id.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(key);
+    hasher.update(&seq.to_le_bytes());
+    hasher.finalize().to_hex()[..32].to_string()
+}
+
+/// Kind, subject and actual value: the same on every host with the same
+/// deviation (a hot-fix applied by hand fleet-wide), different otherwise.
+pub fn fingerprint(d: &pb::Deviation) -> Vec<u8> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&deviation_key(d));
+    hasher.update(&[0]);
+    if let Some(actual) = &d.actual {
+        hasher.update(&actual.encode_to_vec());
+    }
+    hasher.finalize().as_bytes()[..16].to_vec()
 }
 
 fn check_deviation(d: &pb::Deviation) -> Result<(), Invalid> {
@@ -282,8 +326,12 @@ pub fn image_record(r: &pb::RegisterImageRequest, at: i64) -> Result<ImageRecord
     })
 }
 
-pub fn host_summary(h: &HostRecord, a: &Assessment, connected: bool) -> pb::HostSummary {
+pub fn host_summary(view: &HostView) -> pb::HostSummary {
+    let (h, a, connected) = (&view.record, &view.assessment, view.connected);
     pb::HostSummary {
+        queue_state: crate::queue::state(view).to_string(),
+        priority: crate::queue::priority(view),
+        drained_by: h.drained_by.clone(),
         host_id: h.host_id.clone(),
         hostname: h.hostname.clone(),
         image_id: h.image_id.clone(),
@@ -330,6 +378,7 @@ pub fn host_deviation(d: &DeviationRecord) -> pb::HostDeviation {
         first_seen_unix: d.first_seen,
         last_changed_unix: d.last_changed,
         critical: d.critical,
+        severity: d.severity.clone(),
     }
 }
 
@@ -342,7 +391,7 @@ pub fn drift_point(p: &DriftPoint) -> pb::DriftPoint {
     }
 }
 
-pub fn image(i: &ImageRecord, hosts: u64) -> pb::Image {
+pub fn image(i: &ImageRecord, hosts: u64, superseded_by: Option<&ImageRecord>) -> pb::Image {
     pb::Image {
         manifest_digest: i.manifest_digest.clone(),
         image_id: i.image_id.clone(),
@@ -354,6 +403,19 @@ pub fn image(i: &ImageRecord, hosts: u64) -> pb::Image {
         packages: i.packages,
         registered_unix: i.registered_at,
         hosts,
+        superseded_by: superseded_by
+            .map(|n| n.image_version.clone())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn finding(f: &FindingRecord) -> pb::Finding {
+    pb::Finding {
+        deviation: pb::Deviation::decode(f.body.as_slice()).ok(),
+        severity: f.severity.clone(),
+        host_count: f.host_count,
+        host_ids: f.host_ids.clone(),
+        first_seen_unix: f.first_seen,
     }
 }
 
@@ -374,6 +436,18 @@ mod tests {
         }
     }
 
+    fn host() -> SessionOpen {
+        session_open(
+            &pb::Hello {
+                host_id: "h".into(),
+                manifest_digest: vec![0; 32],
+                ..Default::default()
+            },
+            100,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn hostile_reports_are_refused_with_reasons() {
         let config = Config::default();
@@ -383,9 +457,16 @@ mod tests {
                 changes,
                 ..Default::default()
             };
-            report_write("h", &report, &config.limits, &config.replacement, 1)
-                .map(|_| ())
-                .map_err(|e| e.0)
+            report_write(
+                &host(),
+                &report,
+                &config.limits,
+                &config.replacement,
+                &Notifier::default(),
+                1,
+            )
+            .map(|_| ())
+            .map_err(|e| e.0)
         };
         assert_eq!(check(vec![path_change(1, "added", b"etc/x")]), Ok(()));
         for (change, expect) in [

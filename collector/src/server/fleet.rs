@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::ingest::Writer;
 use crate::query::{HostView, Queries};
+use crate::queue::{Queue, QueueError, Scheduler};
 use crate::store::{StoreError, Write, Written};
 use crate::{time, wire};
 
@@ -15,6 +16,28 @@ use crate::{time, wire};
 pub struct Fleet {
     pub writer: Writer,
     pub queries: Arc<Queries>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+fn queue_error(e: QueueError) -> Status {
+    match e {
+        QueueError::NotFound(_) => Status::not_found(e.to_string()),
+        QueueError::NotFlagged { .. } | QueueError::NotDraining { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+        QueueError::HeldBack { .. } => Status::resource_exhausted(e.to_string()),
+        QueueError::Store(_) | QueueError::Ingest(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// A scheduler's name as recorded: printable, bounded; "unnamed" if empty.
+fn who(by: &str) -> Result<String, Status> {
+    if by.is_empty() {
+        return Ok("unnamed".into());
+    }
+    wire::check_host_id(by)
+        .map(|()| by.to_string())
+        .map_err(|e| Status::invalid_argument(format!("by: {}", e.0.replace("host_id", "name"))))
 }
 
 fn store_error(e: StoreError) -> Status {
@@ -22,7 +45,7 @@ fn store_error(e: StoreError) -> Status {
 }
 
 fn summary(view: &HostView) -> pb::HostSummary {
-    wire::host_summary(&view.record, &view.assessment, view.connected)
+    wire::host_summary(view)
 }
 
 impl Fleet {
@@ -143,15 +166,17 @@ impl FleetService for Fleet {
             digest = %crate::policy::short_hex(&stored.manifest_digest),
             "image registered"
         );
-        let hosts = self
+        let view = self
             .queries
             .images()
             .await
             .map_err(store_error)?
             .into_iter()
-            .find(|(i, _)| i.manifest_digest == stored.manifest_digest)
-            .map_or(0, |(_, n)| n);
-        Ok(Response::new(wire::image(&stored, hosts)))
+            .find(|i| i.record.manifest_digest == stored.manifest_digest);
+        Ok(Response::new(match view {
+            Some(v) => wire::image(&v.record, v.hosts, v.superseded_by.as_ref()),
+            None => wire::image(&stored, 0, None),
+        }))
     }
 
     async fn list_images(
@@ -160,7 +185,103 @@ impl FleetService for Fleet {
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         let images = self.queries.images().await.map_err(store_error)?;
         Ok(Response::new(pb::ListImagesResponse {
-            images: images.iter().map(|(i, n)| wire::image(i, *n)).collect(),
+            images: images
+                .iter()
+                .map(|v| wire::image(&v.record, v.hosts, v.superseded_by.as_ref()))
+                .collect(),
         }))
+    }
+
+    async fn list_findings(
+        &self,
+        request: Request<pb::ListFindingsRequest>,
+    ) -> Result<Response<pb::ListFindingsResponse>, Status> {
+        let min_hosts = match request.into_inner().min_hosts {
+            0 => 2,
+            n => u64::from(n),
+        };
+        let findings = self
+            .queries
+            .findings(min_hosts)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(pb::ListFindingsResponse {
+            findings: findings.iter().map(wire::finding).collect(),
+        }))
+    }
+
+    async fn get_queue(
+        &self,
+        _: Request<pb::GetQueueRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        let queue = self.scheduler.queue().await.map_err(store_error)?;
+        Ok(Response::new(queue_pb(&queue)))
+    }
+
+    async fn take_next(
+        &self,
+        request: Request<pb::TakeNextRequest>,
+    ) -> Result<Response<pb::TakeNextResponse>, Status> {
+        let by = who(&request.into_inner().by)?;
+        let (taken, queue) = self.scheduler.take_next(&by).await.map_err(queue_error)?;
+        let why_none = match (&taken, queue.entries.iter().filter(|e| !e.draining).count()) {
+            (Some(_), _) => String::new(),
+            (None, 0) => "no flagged hosts".to_string(),
+            (None, n) => format!(
+                "{n} flagged hosts, all held back by the disruption budget ({} draining)",
+                queue.draining_now
+            ),
+        };
+        Ok(Response::new(pb::TakeNextResponse {
+            host: taken.as_ref().map(summary),
+            why_none,
+        }))
+    }
+
+    async fn drain_host(
+        &self,
+        request: Request<pb::DrainHostRequest>,
+    ) -> Result<Response<pb::HostSummary>, Status> {
+        let request = request.into_inner();
+        wire::check_host_id(&request.host_id).map_err(|e| Status::invalid_argument(e.0))?;
+        let by = who(&request.by)?;
+        let view = self
+            .scheduler
+            .drain(&request.host_id, &by)
+            .await
+            .map_err(queue_error)?;
+        Ok(Response::new(summary(&view)))
+    }
+
+    async fn release_host(
+        &self,
+        request: Request<pb::HostRequest>,
+    ) -> Result<Response<pb::HostSummary>, Status> {
+        let host_id = request.into_inner().host_id;
+        wire::check_host_id(&host_id).map_err(|e| Status::invalid_argument(e.0))?;
+        let view = self
+            .scheduler
+            .release(&host_id)
+            .await
+            .map_err(queue_error)?;
+        Ok(Response::new(summary(&view)))
+    }
+}
+
+pub fn queue_pb(queue: &Queue) -> pb::Queue {
+    pb::Queue {
+        max_draining: queue.budget.max_draining,
+        max_draining_pct: queue.budget.max_draining_pct,
+        draining_now: queue.draining_now,
+        entries: queue
+            .entries
+            .iter()
+            .map(|e| pb::QueueEntry {
+                host: Some(summary(&e.view)),
+                state: if e.draining { "draining" } else { "flagged" }.into(),
+                priority: e.priority,
+                held_back: e.held_back.clone().unwrap_or_default(),
+            })
+            .collect(),
     }
 }

@@ -18,8 +18,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
 use crate::ingest::{Pending, Writer};
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::query::{Connected, Connections};
-use crate::store::{Write, Written};
+use crate::store::{SessionOpen, Write, Written};
 use crate::{time, wire};
 
 /// An agent that connects but says nothing is dropped after this.
@@ -33,6 +35,8 @@ pub struct Sessions {
     pub writer: Writer,
     pub config: Arc<Config>,
     pub connections: Arc<Connections>,
+    pub notifier: Arc<Notifier>,
+    pub metrics: Arc<Metrics>,
 }
 
 type Outbound = mpsc::Sender<Result<pb::CollectorMessage, Status>>;
@@ -65,6 +69,7 @@ impl AgentService for Sessions {
         let open = wire::session_open(&hello, time::now())
             .map_err(|e| Status::invalid_argument(format!("invalid Hello: {e}")))?;
         let host_id = open.host_id.clone();
+        let identity = open.clone();
         if let Err(denied) = self.config.access.check_agent(names.as_deref(), &host_id) {
             tracing::warn!(%host_id, %peer, "agent refused: {}", denied.message());
             return Err(denied);
@@ -75,6 +80,9 @@ impl AgentService for Sessions {
             Err(e) => return Err(Status::unavailable(e.to_string())),
         };
         tracing::info!(%host_id, %peer, last_applied_seq, "agent session opened");
+        self.metrics
+            .sessions_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (outbound, receiver) = mpsc::channel(IN_FLIGHT + 8);
         let welcome = pb::CollectorMessage {
             body: Some(pb::collector_message::Body::Welcome(pb::Welcome {
@@ -88,6 +96,9 @@ impl AgentService for Sessions {
         let session = Session {
             connected: self.connections.connect(&host_id),
             host_id,
+            identity,
+            notifier: self.notifier.clone(),
+            metrics: self.metrics.clone(),
             writer: self.writer.clone(),
             config: self.config.clone(),
         };
@@ -98,6 +109,10 @@ impl AgentService for Sessions {
 
 struct Session {
     host_id: String,
+    /// What the agent said in its Hello, for alert bodies.
+    identity: SessionOpen,
+    notifier: Arc<Notifier>,
+    metrics: Arc<Metrics>,
     writer: Writer,
     config: Arc<Config>,
     #[allow(dead_code, reason = "held for its Drop: marks the host connected")]
@@ -107,7 +122,7 @@ struct Session {
 impl Session {
     async fn run(self, mut inbound: Streaming<pb::AgentMessage>, outbound: Outbound) {
         let (acks, pending) = mpsc::channel(IN_FLIGHT);
-        let acker = tokio::spawn(acknowledge(pending, outbound.clone()));
+        let acker = tokio::spawn(acknowledge(pending, outbound.clone(), self.metrics.clone()));
         let ending = self.read(&mut inbound, &acks).await;
         // Every report read before the end is acknowledged before the
         // session's final status.
@@ -125,7 +140,7 @@ impl Session {
     async fn read(
         &self,
         inbound: &mut Streaming<pb::AgentMessage>,
-        acks: &mpsc::Sender<(u64, Pending)>,
+        acks: &mpsc::Sender<(u64, usize, Pending)>,
     ) -> Result<(), Status> {
         let mut previous_seq = 0;
         loop {
@@ -149,20 +164,27 @@ impl Session {
                     }
                     previous_seq = report.seq;
                     let write = wire::report_write(
-                        &self.host_id,
+                        &self.identity,
                         &report,
                         &self.config.limits,
                         &self.config.replacement,
+                        &self.notifier,
                         time::now(),
                     )
-                    .map_err(|e| Status::invalid_argument(e.0))?;
+                    .map_err(|e| {
+                        self.metrics
+                            .reports_rejected
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Status::invalid_argument(e.0)
+                    })?;
+                    let changes = report.changes.len();
                     drop(report);
                     let pending = self
                         .writer
                         .submit_in(Write::Report(write), Some(slot))
                         .await
                         .map_err(|e| Status::unavailable(e.to_string()))?;
-                    if acks.send((previous_seq, pending)).await.is_err() {
+                    if acks.send((previous_seq, changes, pending)).await.is_err() {
                         // The ack task stopped: the agent is gone or the
                         // store failed; it has sent the status.
                         return Ok(());
@@ -190,9 +212,21 @@ impl Session {
 }
 
 /// Sends `Ack(seq)` for each report, in order, once it is committed.
-async fn acknowledge(mut pending: mpsc::Receiver<(u64, Pending)>, outbound: Outbound) {
-    while let Some((seq, commit)) = pending.recv().await {
+async fn acknowledge(
+    mut pending: mpsc::Receiver<(u64, usize, Pending)>,
+    outbound: Outbound,
+    metrics: Arc<Metrics>,
+) {
+    while let Some((seq, changes, commit)) = pending.recv().await {
         let message = match commit.committed().await {
+            Ok(Written::Report { applied }) => {
+                if applied {
+                    metrics.count_report(changes);
+                }
+                Ok(pb::CollectorMessage {
+                    body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })),
+                })
+            }
             Ok(_) => Ok(pb::CollectorMessage {
                 body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })),
             }),

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Backend, Change, DeviationRecord, DriftPoint, HostRecord, HostStatus, ImageRecord, ReportWrite,
-    SessionOpen, StickyFlag, Store, StoreError, Write, Written,
+    AlertOutcome, Backend, Change, DeviationRecord, DriftPoint, FindingRecord, HostRecord,
+    HostStatus, ImageRecord, OutboxRecord, QueueState, ReportWrite, SessionOpen, StickyFlag, Store,
+    StoreError, Write, Written,
 };
 
 /// Schema versions, in order. Index + 1 is the version.
@@ -83,6 +84,30 @@ const MIGRATIONS: &[&str] = &[
         packages         INTEGER NOT NULL,
         registered_at    INTEGER NOT NULL
     );
+    "#,
+    // 2: the replacement queue, severities and fleet-wide findings, and the
+    // durable alert outbox.
+    r#"
+    ALTER TABLE hosts ADD COLUMN queue_state TEXT NOT NULL DEFAULT 'none';
+    ALTER TABLE hosts ADD COLUMN drain_since INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hosts ADD COLUMN drained_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE deviations ADD COLUMN severity TEXT NOT NULL DEFAULT 'low';
+    ALTER TABLE deviations ADD COLUMN fingerprint BLOB NOT NULL DEFAULT x'';
+    CREATE INDEX deviations_by_fingerprint ON deviations (fingerprint);
+    CREATE TABLE alert_outbox (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        sink          TEXT NOT NULL,
+        alert_id      TEXT NOT NULL,
+        body          BLOB NOT NULL,
+        created       INTEGER NOT NULL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_attempt  INTEGER NOT NULL,
+        delivered     INTEGER NOT NULL DEFAULT 0,
+        dead          INTEGER NOT NULL DEFAULT 0,
+        last_error    TEXT NOT NULL DEFAULT '',
+        UNIQUE (sink, alert_id)
+    );
+    CREATE INDEX alert_outbox_due ON alert_outbox (delivered, dead, next_attempt);
     "#,
 ];
 
@@ -262,7 +287,7 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT kind, body, critical, first_seen, last_changed FROM deviations
+                "SELECT kind, body, critical, first_seen, last_changed, severity FROM deviations
                  WHERE host_id = ?1 ORDER BY critical DESC, key LIMIT ?2",
             )
             .map_err(db)?;
@@ -273,6 +298,7 @@ impl Store for SqliteStore {
                 critical: r.get(2)?,
                 first_seen: r.get(3)?,
                 last_changed: r.get(4)?,
+                severity: r.get(5)?,
             })
         })
         .map_err(db)?
@@ -319,6 +345,95 @@ impl Store for SqliteStore {
             .collect::<Result<_, _>>()
             .map_err(db)
     }
+
+    fn findings(&mut self, min_hosts: u64, limit: usize) -> Result<Vec<FindingRecord>, StoreError> {
+        let groups: Vec<(Vec<u8>, String, Vec<u8>, String, i64, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT d.fingerprint, MIN(d.kind), MIN(d.body), MAX(d.severity),
+                            COUNT(*), MIN(d.first_seen)
+                     FROM deviations d JOIN hosts h ON h.host_id = d.host_id
+                     WHERE h.status = 'active' AND length(d.fingerprint) > 0
+                     GROUP BY d.fingerprint HAVING COUNT(*) >= ?1
+                     ORDER BY COUNT(*) DESC, MIN(d.first_seen) LIMIT ?2",
+                )
+                .map_err(db)?;
+            stmt.query_map(params![min_hosts as i64, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?
+        };
+        groups
+            .into_iter()
+            .map(|(fingerprint, kind, body, severity, count, first_seen)| {
+                Ok(FindingRecord {
+                    kind,
+                    body,
+                    // MAX over 'high' < 'low' < 'medium' is not an order of
+                    // severity; the members share kind and subject, so their
+                    // severity is the same anyway.
+                    severity,
+                    host_count: count as u64,
+                    host_ids: self.finding_hosts(&fingerprint).map_err(db)?,
+                    first_seen,
+                })
+            })
+            .collect()
+    }
+
+    fn due_alerts(&mut self, now: i64, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, sink, alert_id, body, attempts FROM alert_outbox
+                 WHERE delivered = 0 AND dead = 0 AND next_attempt <= ?1
+                 ORDER BY id LIMIT ?2",
+            )
+            .map_err(db)?;
+        stmt.query_map(params![now, limit as i64], |r| {
+            Ok(OutboxRecord {
+                id: r.get(0)?,
+                sink: r.get(1)?,
+                alert_id: r.get(2)?,
+                body: r.get(3)?,
+                attempts: r.get::<_, i64>(4)? as u32,
+            })
+        })
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)
+    }
+
+    fn alert_backlog(&mut self) -> Result<(u64, u64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(delivered = 0 AND dead = 0), 0), COALESCE(SUM(dead), 0)
+                 FROM alert_outbox",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(db)
+    }
+}
+
+impl SqliteStore {
+    fn finding_hosts(&self, fingerprint: &[u8]) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.host_id FROM deviations d JOIN hosts h ON h.host_id = d.host_id
+             WHERE d.fingerprint = ?1 AND h.status = 'active' ORDER BY d.host_id LIMIT 100",
+        )?;
+        stmt.query_map([fingerprint], |r| r.get(0))?.collect()
+    }
 }
 
 const HOST_SELECT: &str = "SELECT h.host_id, h.hostname, h.image_id, h.image_version,
@@ -326,7 +441,7 @@ const HOST_SELECT: &str = "SELECT h.host_id, h.hostname, h.image_id, h.image_ver
     h.boot_time, h.first_boot_time, h.status, h.last_seq, h.dropped_reports, h.drift_pct,
     h.deviating, h.observed, h.not_verified, h.last_scan,
     (SELECT COUNT(*) FROM deviations d WHERE d.host_id = h.host_id),
-    h.acked_codes, h.acked_at
+    h.acked_codes, h.acked_at, h.queue_state, h.drain_since, h.drained_by
     FROM hosts h";
 
 fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRecord> {
@@ -364,6 +479,13 @@ fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRecord> {
             .map(str::to_string)
             .collect(),
         acked_at: r.get(21)?,
+        queue_state: if r.get::<_, String>(22)? == "draining" {
+            QueueState::Draining
+        } else {
+            QueueState::None
+        },
+        drain_since: r.get(23)?,
+        drained_by: r.get(24)?,
     })
 }
 
@@ -450,12 +572,57 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<Writ
             let n = tx
                 .prepare_cached(
                     "UPDATE hosts SET status = 'retired', retired_at = ?2, acked_codes = '',
-                     acked_at = 0 WHERE host_id = ?1",
+                     acked_at = 0, queue_state = 'none', drain_since = 0, drained_by = ''
+                     WHERE host_id = ?1",
                 )?
                 .execute(params![host_id, at])?;
             tx.prepare_cached("DELETE FROM host_flags WHERE host_id = ?1")?
                 .execute([host_id])?;
             Ok(Written::Host { found: n == 1 })
+        }
+        Write::SetQueueState {
+            host_id,
+            state,
+            by,
+            at,
+        } => {
+            let (since, by) = match state {
+                QueueState::Draining => (*at, by.as_str()),
+                QueueState::None => (0, ""),
+            };
+            let n = tx
+                .prepare_cached(
+                    "UPDATE hosts SET queue_state = ?2, drain_since = ?3, drained_by = ?4
+                     WHERE host_id = ?1 AND status = 'active'",
+                )?
+                .execute(params![host_id, state.as_str(), since, by])?;
+            Ok(Written::Host { found: n == 1 })
+        }
+        Write::AlertOutcome { id, outcome } => {
+            match outcome {
+                AlertOutcome::Delivered { at } => tx
+                    .prepare_cached(
+                        "UPDATE alert_outbox SET delivered = ?2, attempts = attempts + 1,
+                         last_error = '' WHERE id = ?1",
+                    )?
+                    .execute(params![id, at])?,
+                AlertOutcome::Retry {
+                    next_attempt,
+                    error,
+                } => tx
+                    .prepare_cached(
+                        "UPDATE alert_outbox SET next_attempt = ?2, attempts = attempts + 1,
+                         last_error = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![id, next_attempt, error])?,
+                AlertOutcome::Dead { at, error } => tx
+                    .prepare_cached(
+                        "UPDATE alert_outbox SET dead = ?2, attempts = attempts + 1,
+                         last_error = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![id, at, error])?,
+            };
+            Ok(Written::Done)
         }
     }
 }
@@ -575,17 +742,32 @@ fn apply_report(tx: &rusqlite::Transaction<'_>, r: &ReportWrite) -> rusqlite::Re
     {
         let mut upsert = tx.prepare_cached(
             "INSERT INTO deviations (host_id, key, kind, body, critical, first_seen,
-                                     last_changed, scan_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)
+                                     last_changed, scan_id, severity, fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)
              ON CONFLICT (host_id, key) DO UPDATE SET
                  body = excluded.body, critical = MAX(critical, excluded.critical),
-                 last_changed = excluded.last_changed, scan_id = excluded.scan_id",
+                 last_changed = excluded.last_changed, scan_id = excluded.scan_id,
+                 severity = excluded.severity, fingerprint = excluded.fingerprint",
+        )?;
+        let mut exists =
+            tx.prepare_cached("SELECT 1 FROM deviations WHERE host_id = ?1 AND key = ?2")?;
+        let mut queue_alert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO alert_outbox (sink, alert_id, body, created, next_attempt)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
         )?;
         let mut delete =
             tx.prepare_cached("DELETE FROM deviations WHERE host_id = ?1 AND key = ?2")?;
         for change in &r.changes {
             match change.change {
                 Change::New | Change::Changed => {
+                    // One alert per new deviation: a snapshot re-sending a
+                    // deviation the host already has is not news.
+                    let alert = match &change.alert {
+                        Some(alert) if !alert.sinks.is_empty() => {
+                            (!exists.exists(params![r.host_id, change.key])?).then_some(alert)
+                        }
+                        _ => None,
+                    };
                     upsert.execute(params![
                         r.host_id,
                         change.key,
@@ -593,8 +775,15 @@ fn apply_report(tx: &rusqlite::Transaction<'_>, r: &ReportWrite) -> rusqlite::Re
                         change.body,
                         change.critical.is_some(),
                         r.at,
-                        scan_id
+                        scan_id,
+                        change.severity,
+                        change.fingerprint
                     ])?;
+                    if let Some(alert) = alert {
+                        for sink in alert.sinks.iter() {
+                            queue_alert.execute(params![sink, alert.id, alert.body, r.at])?;
+                        }
+                    }
                     if let Some(reason) = &change.critical {
                         raise_flag(tx, &r.host_id, "critical_change", reason, r.at)?;
                     }
@@ -669,6 +858,9 @@ mod tests {
             kind: "modified".into(),
             body: key.as_bytes().to_vec(),
             critical: critical.map(str::to_string),
+            severity: "low",
+            fingerprint: key.as_bytes().to_vec(),
+            alert: None,
         }
     }
 
