@@ -23,7 +23,7 @@ use crate::time;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reason {
     /// Stable, for scripts: drift_threshold, critical_change, returned,
-    /// instance_age, image_age, silent, unknown_manifest.
+    /// instance_age, image_age, silent, superseded, unknown_manifest.
     pub code: String,
     /// For people.
     pub message: String,
@@ -175,6 +175,22 @@ pub fn assess(
                     time::duration(timeout)
                 ),
                 host.last_seen,
+            ));
+        }
+        if let Some(newer) = known.superseding(&host.image_id, &host.manifest_digest)
+            && now - newer.registered_at >= policy.superseded_grace.as_secs() as i64
+        {
+            reasons.push(reason(
+                "superseded",
+                format!(
+                    "image {} {} is superseded by {} (registered {} ago; grace {})",
+                    host.image_id,
+                    host.image_version,
+                    newer.image_version,
+                    time::age(now - newer.registered_at),
+                    time::duration(policy.superseded_grace)
+                ),
+                newer.registered_at + policy.superseded_grace.as_secs() as i64,
             ));
         }
         if !known.build_times.is_empty() && !known.build_times.contains_key(&host.manifest_digest) {
