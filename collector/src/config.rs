@@ -369,6 +369,25 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_example_config_is_valid_and_matches_the_defaults() {
+        let c = Config::parse(include_str!("../../packaging/collector/collector.toml")).unwrap();
+        let d = Config::default();
+        assert_eq!(c.replacement.max_drift_pct, d.replacement.max_drift_pct);
+        assert_eq!(
+            c.replacement.max_instance_age,
+            d.replacement.max_instance_age
+        );
+        assert_eq!(c.replacement.silence_timeout, d.replacement.silence_timeout);
+        assert_eq!(
+            c.replacement.superseded_grace,
+            d.replacement.superseded_grace
+        );
+        assert_eq!(c.limits.max_message_bytes, d.limits.max_message_bytes);
+        assert_eq!(c.queue, d.queue);
+        assert!(c.access.agent_host_id_from_certificate);
+    }
+
+    #[test]
     fn mistakes_are_clear_errors() {
         for (text, expect) in [
             ("[replacement]\nmax_drift = 3", "unknown field `max_drift`"),
