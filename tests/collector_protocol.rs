@@ -277,3 +277,33 @@ fn two_hundred_agents_at_once() {
         );
     }
 }
+
+#[test]
+fn the_same_deviation_on_several_hosts_is_one_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &[]);
+    let url = collector.url();
+    runtime().block_on(async {
+        for (i, host) in ["web-3", "web-1", "web-2"].iter().enumerate() {
+            let mut s = Session::open(sim::channel(&url).await, 64 * MIB, sim::hello(host))
+                .await
+                .unwrap();
+            // file-1 is the same hot-fix everywhere; file-10x differs per host.
+            let changes = vec![sim::added(1), sim::added(100 + i as u64)];
+            s.send(sim::report(1, 1, changes, Some((2, 50)))).await;
+            s.wait_ack(1).await.unwrap();
+        }
+    });
+    let findings = collector.cli_json(&["findings"]);
+    let findings = findings.as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0]["path"], "opt/sim/file-1");
+    assert_eq!(findings[0]["host_count"], 3);
+    assert_eq!(
+        findings[0]["hosts"],
+        serde_json::json!(["web-1", "web-2", "web-3"])
+    );
+    assert_eq!(findings[0]["kind"], "added");
+    let all = collector.cli_json(&["findings", "--min-hosts", "1"]);
+    assert_eq!(all.as_array().unwrap().len(), 4);
+}

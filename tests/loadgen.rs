@@ -151,6 +151,24 @@ fn main() {
             status_kib(pid, "VmHWM:") as f64 / 1024.0
         );
         drop(done);
+        // Fleet-wide findings scan every stored deviation (no index, by
+        // design): how long the first, uncached answer takes here.
+        let mut fleet = driftwatch_proto::pb::v1::fleet_service_client::FleetServiceClient::new(
+            sim::channel(&url).await,
+        )
+        .max_decoding_message_size(256 << 20);
+        let asked = Instant::now();
+        let findings = fleet
+            .list_findings(driftwatch_proto::pb::v1::ListFindingsRequest { min_hosts: 2 })
+            .await
+            .expect("list findings")
+            .into_inner()
+            .findings;
+        println!(
+            "findings over {events} stored deviations: {} groups in {:.2}s",
+            findings.len(),
+            asked.elapsed().as_secs_f64()
+        );
     });
     drop(collector);
 }

@@ -92,6 +92,8 @@ pub struct ImageView {
 
 /// At most this many fleet-wide findings are listed.
 pub const MAX_FINDINGS: usize = 500;
+/// How long a findings answer is reused.
+pub const FINDINGS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One host in full.
 #[derive(Debug, Clone)]
@@ -108,7 +110,11 @@ pub struct Queries {
     idle: Mutex<Vec<Box<dyn Store>>>,
     policy: ReplacementPolicy,
     connections: Arc<Connections>,
+    findings_cache: Mutex<Option<FindingsAnswer>>,
 }
+
+/// When, for which minimum, and what.
+type FindingsAnswer = (std::time::Instant, u64, Vec<FindingRecord>);
 
 impl Queries {
     pub fn new(
@@ -121,6 +127,7 @@ impl Queries {
             idle: Mutex::new(Vec::new()),
             policy,
             connections,
+            findings_cache: Mutex::new(None),
         })
     }
 
@@ -252,13 +259,26 @@ impl Queries {
             .await
     }
 
-    /// Deviations shared by at least `min_hosts` active hosts.
+    /// Deviations shared by at least `min_hosts` active hosts. Computing
+    /// them scans every deviation, so an answer is reused for
+    /// [`FINDINGS_TTL`]: a dashboard refreshing every few seconds costs
+    /// one scan per TTL, not one per refresh.
     pub async fn findings(
         self: &Arc<Self>,
         min_hosts: u64,
     ) -> Result<Vec<FindingRecord>, StoreError> {
-        self.with(move |_, store| store.findings(min_hosts, MAX_FINDINGS))
-            .await
+        if let Some((at, min, cached)) = &*self.findings_cache.lock().unwrap()
+            && *min == min_hosts
+            && at.elapsed() < FINDINGS_TTL
+        {
+            return Ok(cached.clone());
+        }
+        let fresh = self
+            .with(move |_, store| store.findings(min_hosts, MAX_FINDINGS))
+            .await?;
+        *self.findings_cache.lock().unwrap() =
+            Some((std::time::Instant::now(), min_hosts, fresh.clone()));
+        Ok(fresh)
     }
 }
 
