@@ -228,7 +228,8 @@ function driftChart(history) {
     return wrap;
   }
   let t0 = pts[0].at_unix, t1 = pts[pts.length - 1].at_unix;
-  if (t1 - t0 < 60) { t0 -= 1800; t1 += 1800; } // one point (or a burst): centre it in an hour
+  if (t1 === t0) { t0 -= 1800; t1 += 1800; } // one point: centre it in an hour
+  else if (t1 - t0 < 60) { const pad = (60 - (t1 - t0)) / 2; t0 -= pad; t1 += pad; } // a burst: a minute
   const step = niceStep(Math.max(...pts.map((p) => p.drift_pct), 0.01) / 4);
   const vmax = Math.max(step, Math.ceil((Math.max(...pts.map((p) => p.drift_pct)) * 1.05) / step) * step);
   const dec = Math.max(0, -Math.floor(Math.log10(step)));
@@ -242,7 +243,7 @@ function driftChart(history) {
   const long = t1 - t0 > 86400;
   for (let i = 0; i <= 4; i++) { // five time labels
     const t = t0 + ((t1 - t0) * i) / 4;
-    const s = localTime(new Date(t * 1000), false);
+    const s = localTime(new Date(t * 1000), t1 - t0 < 600); // seconds on short spans
     chart.append(svg('text', { class: 'tick', x: x(t), y: H - 8, 'text-anchor': ['start', 'middle', 'middle', 'middle', 'end'][i] },
       long ? s.slice(5) : s.slice(11)));
   }
