@@ -111,7 +111,7 @@ fn a_change_shows_up_with_kind_path_and_drift_and_putting_it_back_resolves_it() 
     let collector = Collector::start(data.path(), &[]);
     let _agent = image.agent(&collector.url(), &["--interval", "1s"]);
 
-    let host = collector.wait_for_host(HOST, WAIT, |h| scanned(h));
+    let host = collector.wait_for_host(HOST, WAIT, scanned);
     assert_eq!(host["deviation_count"], 0, "{host:#}");
     assert_eq!(host["drift_pct"], 0.0);
     assert_eq!(host["image_id"], "e2e");

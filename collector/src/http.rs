@@ -201,10 +201,10 @@ async fn findings(State(s): State<HttpState>, Query(q): Query<FindingsQuery>) ->
     }
 }
 
-/// Changes need the bearer token.
-fn authorized(s: &HttpState, headers: &HeaderMap) -> Result<(), Response> {
+/// Changes need the bearer token; `Some` is the refusal.
+fn refused(s: &HttpState, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &s.token else {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "changes over HTTP are off: start the collector with --http-token-file",
         ));
@@ -216,9 +216,9 @@ fn authorized(s: &HttpState, headers: &HeaderMap) -> Result<(), Response> {
         .unwrap_or("");
     // blake3::Hash compares in constant time.
     if blake3::hash(given.as_bytes()) == *expected {
-        Ok(())
+        None
     } else {
-        Err(error(
+        Some(error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token",
         ))
@@ -231,13 +231,14 @@ struct ByBody {
     by: String,
 }
 
-fn by(body: &axum::body::Bytes) -> Result<String, Response> {
+/// The optional `{"by": "name"}` body; the error is for a 400.
+fn by(body: &axum::body::Bytes) -> Result<String, String> {
     if body.is_empty() {
         return Ok(String::new());
     }
     serde_json::from_slice::<ByBody>(body)
         .map(|b| b.by)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+        .map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 async fn host_action(
@@ -246,12 +247,12 @@ async fn host_action(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(denied) = authorized(&s, &headers) {
+    if let Some(denied) = refused(&s, &headers) {
         return denied;
     }
     let by = match by(&body) {
         Ok(by) => by,
-        Err(e) => return e,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let request = pb::HostRequest {
         host_id: host_id.clone(),
@@ -279,12 +280,12 @@ async fn host_action(
 }
 
 async fn take(State(s): State<HttpState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(denied) = authorized(&s, &headers) {
+    if let Some(denied) = refused(&s, &headers) {
         return denied;
     }
     let by = match by(&body) {
         Ok(by) => by,
-        Err(e) => return e,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     match s
         .fleet

@@ -442,47 +442,6 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align_and_hosts_json_has_the_contract_fields() {
-        let h = pb::HostSummary {
-            host_id: "web-1".into(),
-            image_id: "base".into(),
-            image_version: "7".into(),
-            drift_pct: 1.25,
-            flagged: true,
-            reasons: vec![pb::Reason {
-                code: "drift_threshold".into(),
-                message: "drift".into(),
-                sticky: false,
-                since_unix: 5,
-            }],
-            status: "active".into(),
-            ..Default::default()
-        };
-        let text = hosts_table(std::slice::from_ref(&h));
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0].find("IMAGE"), lines[1].find("base"));
-        assert!(lines[1].contains("FLAGGED") && lines[1].ends_with("drift_threshold"));
-        let json = hosts_json(&[h]);
-        for key in [
-            "host_id",
-            "image_id",
-            "drift_pct",
-            "instance_age_secs",
-            "flagged",
-            "reasons",
-            "last_seen",
-        ] {
-            assert!(json[0].get(key).is_some(), "{key}");
-        }
-    }
-}
-
 pub fn findings_json(findings: &[pb::Finding]) -> Value {
     Value::Array(
         findings
@@ -673,5 +632,46 @@ fn csv_field(f: &str) -> String {
         )
     } else {
         f.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_hosts_json_has_the_contract_fields() {
+        let h = pb::HostSummary {
+            host_id: "web-1".into(),
+            image_id: "base".into(),
+            image_version: "7".into(),
+            drift_pct: 1.25,
+            flagged: true,
+            reasons: vec![pb::Reason {
+                code: "drift_threshold".into(),
+                message: "drift".into(),
+                sticky: false,
+                since_unix: 5,
+            }],
+            status: "active".into(),
+            ..Default::default()
+        };
+        let text = hosts_table(std::slice::from_ref(&h));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].find("IMAGE"), lines[1].find("base"));
+        assert!(lines[1].contains("FLAGGED") && lines[1].ends_with("drift_threshold"));
+        let json = hosts_json(&[h]);
+        for key in [
+            "host_id",
+            "image_id",
+            "drift_pct",
+            "instance_age_secs",
+            "flagged",
+            "reasons",
+            "last_seen",
+        ] {
+            assert!(json[0].get(key).is_some(), "{key}");
+        }
     }
 }

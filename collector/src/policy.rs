@@ -204,10 +204,8 @@ pub fn assess(
             ));
         }
     }
-    let acknowledged = !reasons.is_empty()
-        && reasons
-            .iter()
-            .all(|r| host.acked_codes.iter().any(|c| *c == r.code));
+    let acknowledged =
+        !reasons.is_empty() && reasons.iter().all(|r| host.acked_codes.contains(&r.code));
     Assessment {
         reasons,
         instance_age_secs,

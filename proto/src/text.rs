@@ -53,7 +53,7 @@ mod tests {
         assert_eq!(display_path(b""), ".");
         assert_eq!(display_path(b"ok/\xff\x1bn\\"), "ok/\\xff\\u{1b}n\\\\");
         let io = std::io::Error::other("disk on fire");
-        let outer = std::io::Error::new(std::io::ErrorKind::Other, io);
+        let outer = std::io::Error::other(io);
         assert_eq!(error_chain(&outer), "disk on fire");
     }
 }

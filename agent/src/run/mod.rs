@@ -115,6 +115,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let mut scanning = Box::pin(scan_loop(&config, &manifest, &spool, stop_rx));
     tokio::pin!(shutdown);
+    // A JoinHandle must not be polled again once it has completed.
+    let mut session_finished = false;
     let result = tokio::select! {
         r = &mut scanning => r,
         () = &mut shutdown => {
@@ -127,16 +129,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .unwrap_or(Ok(()))
         }
         // The session task never ends on its own unless it panicked.
-        joined = &mut session => match joined {
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            _ => Ok(()),
-        },
+        joined = &mut session => {
+            session_finished = true;
+            match joined {
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                _ => Ok(()),
+            }
+        }
     };
     let _ = stop_tx.send(true);
     drop(scanning);
-    if tokio::time::timeout(STOP_GRACE, &mut session)
-        .await
-        .is_err()
+    if !session_finished
+        && tokio::time::timeout(STOP_GRACE, &mut session)
+            .await
+            .is_err()
     {
         session.abort();
         let _ = session.await;

@@ -263,6 +263,8 @@ async fn session(
     ));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A JoinHandle must not be polled again once it has completed.
+    let mut sender_finished = false;
     let result = loop {
         tokio::select! {
             _ = super::stopped(&mut shutdown) => break Ok(()),
@@ -291,6 +293,7 @@ async fn session(
                 let _ = tx.try_send(beat);
             }
             done = &mut sender => {
+                sender_finished = true;
                 break Err(match done {
                     Ok(()) => SessionError::Closed,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -299,9 +302,11 @@ async fn session(
             }
         }
     };
-    sender.abort();
-    // Wait for it to be gone: it holds the spool.
-    let _ = sender.await;
+    if !sender_finished {
+        sender.abort();
+        // Wait for it to be gone: it holds the spool.
+        let _ = sender.await;
+    }
     result
 }
 
