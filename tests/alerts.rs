@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use driftwatch_e2e::agent_json;
+use driftwatch_e2e::bake;
 use driftwatch_e2e::collector::Collector;
 use driftwatch_e2e::running_agent::RunningAgent;
 
@@ -134,18 +134,7 @@ fn setup(webhook: SocketAddr, syslog: SocketAddr) -> Setup {
     std::fs::write(root.join("etc/machine-id"), format!("{HOST}\n")).unwrap();
     std::fs::write(root.join("etc/app.conf"), "a\n").unwrap();
     let manifest = dir.path().join("m.dwm");
-    let (code, _) = agent_json(&[
-        "bake",
-        "--root",
-        root.to_str().unwrap(),
-        "--out",
-        manifest.to_str().unwrap(),
-        "--image-id",
-        "web",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0);
+    bake(&root, &manifest, "web", "");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     let config = dir.path().join("collector.toml");

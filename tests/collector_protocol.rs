@@ -6,20 +6,13 @@
 use std::time::Duration;
 
 use driftwatch_e2e::collector::Collector;
+use driftwatch_e2e::runtime;
 use driftwatch_e2e::sim::{self, Session, raw};
 use driftwatch_proto::pb::v1 as pb;
 use prost::Message as _;
 use tonic::Code;
 
 const MIB: usize = 1024 * 1024;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Opens a session and returns the status the collector ends it with.
 async fn refused(url: &str, hello: pb::Hello, reports: Vec<pb::Report>) -> tonic::Status {

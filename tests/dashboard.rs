@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use driftwatch_e2e::agent_json;
+use driftwatch_e2e::bake;
 use driftwatch_e2e::collector::Collector;
 use driftwatch_e2e::running_agent::RunningAgent;
 
@@ -27,20 +27,7 @@ fn fleet(dir: &Path) -> (Collector, SocketAddr) {
         std::fs::write(root.join(format!("etc/file{i}")), "x").unwrap();
     }
     let manifest = dir.join("m.dwm");
-    let (code, _) = agent_json(&[
-        "bake",
-        "--root",
-        root.to_str().unwrap(),
-        "--out",
-        manifest.to_str().unwrap(),
-        "--image-id",
-        "web",
-        "--image-version",
-        "2026.11",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0);
+    bake(&root, &manifest, "web", "2026.11");
     std::fs::write(root.join("etc/app.conf"), "workers = 64\n").unwrap();
     std::fs::write(root.join("usr/bin/nc"), "#!/bin/sh\n").unwrap();
     let collector = Collector::start(&dir.join("data"), &["--http", &http.to_string()]);

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use driftwatch_e2e::agent_json;
 use driftwatch_e2e::collector::Collector;
 use driftwatch_e2e::running_agent::RunningAgent;
+use driftwatch_e2e::{agent_json, bake};
 
 const HOST: &str = "e2e-host";
 const WAIT: Duration = Duration::from_secs(60);
@@ -37,20 +37,7 @@ impl Image {
             .unwrap();
         }
         let manifest = dir.path().join("manifest.dwm");
-        let (code, _) = agent_json(&[
-            "bake",
-            "--root",
-            root.to_str().unwrap(),
-            "--out",
-            manifest.to_str().unwrap(),
-            "--image-id",
-            "e2e",
-            "--image-version",
-            "1",
-            "--format",
-            "json",
-        ]);
-        assert_eq!(code, 0);
+        bake(&root, &manifest, "e2e", "1");
         Image {
             dir,
             root,

@@ -145,16 +145,7 @@ fn agents_without_a_fleet_certificate_are_refused_and_one_with_it_reports() {
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/app.conf"), "x").unwrap();
     let manifest = work.path().join("m.dwm");
-    let (code, _) = driftwatch_e2e::agent_json(&[
-        "bake",
-        "--root",
-        root.to_str().unwrap(),
-        "--out",
-        manifest.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0);
+    driftwatch_e2e::bake(&root, &manifest, "", "");
     let agent = |host: &str, leaf: Option<&Leaf>, extra: &[&str]| {
         let state = work.path().join(format!("state-{host}"));
         let mut args = RunningAgent::args(&collector.url(), &root, &manifest, &state);
@@ -203,16 +194,7 @@ fn baked(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/app.conf"), "x").unwrap();
     let manifest = dir.join("m.dwm");
-    let (code, _) = driftwatch_e2e::agent_json(&[
-        "bake",
-        "--root",
-        root.to_str().unwrap(),
-        "--out",
-        manifest.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0);
+    driftwatch_e2e::bake(&root, &manifest, "", "");
     (root, manifest)
 }
 

@@ -8,18 +8,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use driftwatch_e2e::collector::Collector;
+use driftwatch_e2e::runtime;
 use driftwatch_e2e::sim::{self, Session};
 use driftwatch_proto::pb::v1 as pb;
 
 const TOKEN: &str = "scheduler-token-0123456789";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Hosts that each report one critical change (a binary added under
 /// usr/bin), plus `extra` drift items to give them different priorities.

@@ -66,6 +66,40 @@ pub fn agent_json(args: &[&str]) -> (i32, serde_json::Value) {
     (code, json)
 }
 
+/// Bakes `root` into `manifest` as image `image_id` `image_version`,
+/// asserting success, and returns bake's JSON summary.
+pub fn bake(
+    root: &Path,
+    manifest: &Path,
+    image_id: &str,
+    image_version: &str,
+) -> serde_json::Value {
+    let (code, summary) = agent_json(&[
+        "bake",
+        "--root",
+        root.to_str().expect("UTF-8 temp path"),
+        "--out",
+        manifest.to_str().expect("UTF-8 temp path"),
+        "--image-id",
+        image_id,
+        "--image-version",
+        image_version,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "bake failed: {summary:#}");
+    summary
+}
+
+/// A small multi-threaded runtime for tests that speak gRPC themselves.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// Runs a shell command, panicking with its output if it fails.
 pub fn sh(script: &str) {
     let out = Command::new("sh")

@@ -37,31 +37,30 @@ use driftwatch_proto::patterns::PathPatterns;
 use serde::Deserialize;
 
 use crate::access::Access;
+use crate::alerts::rules::DEFAULT_SECURITY_PATHS;
 
-/// A deviation under any of these (or any setuid, setgid or capability
-/// change anywhere) flags the host at once and stays until it is retired:
+/// Where commands run from. These, the security paths the alert rules
+/// also treat as high ([`DEFAULT_SECURITY_PATHS`]: accounts, sudo, ssh,
+/// PAM, the loader, cron, systemd units) and any setuid, setgid or
+/// capability change anywhere flag a host at once, until it is retired:
 /// the places an intruder persists or escalates.
-pub const DEFAULT_CRITICAL_PATHS: &[&str] = &[
+pub const DEFAULT_CRITICAL_EXECUTABLE_PATHS: &[&str] = &[
     "bin",
     "sbin",
     "usr/bin",
     "usr/sbin",
     "usr/local/bin",
     "usr/local/sbin",
-    "etc/sudoers*",
-    "etc/ssh",
-    "etc/passwd",
-    "etc/shadow",
-    "etc/group",
-    "etc/gshadow",
-    "etc/pam.d",
-    "etc/ld.so.preload",
-    "etc/crontab",
-    "etc/cron.*",
-    "var/spool/cron",
-    "root/.ssh",
-    "etc/systemd/system",
 ];
+
+/// The default critical paths: executables and security configuration.
+pub fn default_critical_paths() -> Vec<String> {
+    DEFAULT_CRITICAL_EXECUTABLE_PATHS
+        .iter()
+        .chain(DEFAULT_SECURITY_PATHS)
+        .map(|s| s.to_string())
+        .collect()
+}
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -223,10 +222,7 @@ impl Config {
         }
         let mut patterns: Vec<String> = match r.critical_paths {
             Some(list) => list,
-            None => DEFAULT_CRITICAL_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            None => default_critical_paths(),
         };
         patterns.extend(r.extra_critical_paths);
         let patterns = patterns
