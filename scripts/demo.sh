@@ -9,8 +9,12 @@
 #      binary, a setuid bit) and show what the collector reports,
 #   5. put the config back and show that its deviation resolves.
 #
-# Usage: scripts/demo.sh   (builds release binaries first if needed)
+# Usage: scripts/demo.sh [--keep]   (builds release binaries first if needed)
+#   --keep  leave the collector and agent running afterwards, with the
+#           dashboard URL printed, until Ctrl-C.
 set -euo pipefail
+keep=false
+[ "${1:-}" = "--keep" ] && keep=true
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --release --quiet -p driftwatch-agent -p driftwatch-collector
@@ -39,16 +43,18 @@ printf 'PermitRootLogin no\n' > "$root/etc/sshd_config"
     --image-id demo --image-version 1.0 | head -3
 
 step "2. start the collector (embedded SQLite in $work/data) and register the image"
-"$collector" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2> "$work/collector.log" &
+"$collector" serve --listen 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$work/data" \
+    2> "$work/collector.log" &
 pids+=($!)
 for _ in $(seq 100); do
-    addr=$(grep -o 'addr=[0-9.:]*' "$work/collector.log" | head -1 | cut -d= -f2) || true
+    addr=$(grep -o ' addr=[0-9.:]*' "$work/collector.log" | head -1 | cut -d= -f2) || true
     [ -n "${addr:-}" ] && break
     sleep 0.1
 done
 [ -n "${addr:-}" ] || { cat "$work/collector.log"; exit 1; }
 server=http://$addr
-echo "collector listening on $server"
+dashboard=http://$(grep -o 'http_addr=[0-9.:]*' "$work/collector.log" | head -1 | cut -d= -f2)/
+echo "collector listening on $server, dashboard on $dashboard"
 "$collector" images register "$work/manifest.dwm" --server "$server"
 
 step "3. start an agent watching the sample root (rescans every 3 s)"
@@ -92,3 +98,8 @@ for _ in $(seq 150); do
     sleep 0.2
 done
 "$collector" host demo-host-0001 --server "$server"
+
+if $keep; then
+    step "the collector and agent keep running: open $dashboard (Ctrl-C to stop)"
+    wait
+fi
