@@ -268,3 +268,52 @@ fn certificates_decide_who_may_report_as_which_host_and_who_may_retire() {
         collector.log()
     );
 }
+
+#[test]
+fn the_dashboard_speaks_https_with_the_collectors_certificate() {
+    let pki = pki();
+    let data = tempfile::tempdir().unwrap();
+    // Not loopback: allowed without --insecure because it is HTTPS.
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut args = tls_args(&pki.ca.cert, Some(&pki.server));
+    args.extend(["--http".to_string(), format!("0.0.0.0:{port}")]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let collector = Collector::start(data.path(), &args);
+    let curl = |url: &str, ca: Option<&Path>| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "--max-time", "10"]);
+        if let Some(ca) = ca {
+            cmd.arg("--cacert").arg(ca);
+        }
+        cmd.arg(url)
+            .output()
+            .expect("run curl (apt-get install curl; .ci/run does)")
+    };
+    let ok = curl(
+        &format!("https://127.0.0.1:{port}/api/v1/hosts"),
+        Some(&pki.ca.cert),
+    );
+    assert!(
+        ok.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&ok.stderr),
+        collector.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "[]");
+    // Without trusting the fleet CA the certificate is refused, and
+    // plaintext gets no answer.
+    assert!(
+        !curl(&format!("https://127.0.0.1:{port}/"), None)
+            .status
+            .success()
+    );
+    assert!(
+        !curl(&format!("http://127.0.0.1:{port}/"), None)
+            .status
+            .success()
+    );
+}

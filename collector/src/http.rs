@@ -6,8 +6,10 @@
 //! maps requests to it and its answers to JSON (the same JSON the CLI's
 //! `--format json` prints).
 //!
-//! Reads are open to whoever can reach the port (plaintext is allowed only
-//! on loopback unless `--insecure`). Changes (ack, retire, drain, release,
+//! With the collector's `--tls-cert` and `--tls-key` the port speaks HTTPS
+//! with that certificate (no client certificates: browsers rarely have
+//! one); without them it is plaintext, allowed only on loopback unless
+//! `--insecure`. Reads are open to whoever can reach the port. Changes (ack, retire, drain, release,
 //! take) need `Authorization: Bearer <token>` with the token from
 //! `--http-token-file`; without that file they are refused. A header token
 //! cannot be forged by another site, so no CSRF token is needed.
@@ -343,4 +345,62 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// HTTPS for the dashboard and API, from PEM files.
+pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `router` over HTTPS on `listener` until `shutdown`. Each
+/// handshake runs in its own task (with a deadline), so a slow or hostile
+/// client cannot hold up the others.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of descriptors or similar: keep serving the others.
+                Err(e) => {
+                    tracing::warn!("HTTPS accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            let Ok(Ok(tls)) = handshake.await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
 }

@@ -89,8 +89,8 @@ pub enum ServeError {
     Transport(String),
     #[error(
         "refusing to serve the dashboard and HTTP API in plaintext on {0}, which is not a \
-         loopback address; put it behind a TLS proxy on loopback, or pass --insecure if the \
-         network is trusted"
+         loopback address; give --tls-cert and --tls-key (it then speaks HTTPS), or pass \
+         --insecure if the network is trusted"
     )]
     HttpOnNetwork(SocketAddr),
     #[error("--http-token-file {path}: {message}")]
@@ -182,7 +182,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = tls_config(&options)?;
+    // The dashboard speaks HTTPS with the collector's own certificate.
+    let https = match (&options.tls.cert, &options.tls.key, options.http) {
+        (Some(cert), Some(key), Some(_)) => Some(
+            crate::http::tls_acceptor(
+                &read_pem("certificate", cert)?,
+                &read_pem("private key", key)?,
+            )
+            .map_err(ServeError::Tls)?,
+        ),
+        _ => None,
+    };
     if let Some(http) = options.http
+        && https.is_none()
         && !http.ip().is_loopback()
         && !options.insecure
     {
@@ -305,10 +317,20 @@ pub async fn serve(
             let http_addr = listener
                 .local_addr()
                 .map_err(|source| ServeError::Bind { addr: http, source })?;
-            tracing::info!(%http_addr, changes = http_state.token.is_some(), "dashboard and HTTP API listening");
+            tracing::info!(
+                %http_addr,
+                https = https.is_some(),
+                changes = http_state.token.is_some(),
+                "dashboard and HTTP API listening"
+            );
             let router = crate::http::router(http_state);
             let stopped = until_stopped(stopped.clone());
-            Some(tokio::spawn(crate::http::serve(listener, router, stopped)))
+            Some(match https {
+                Some(acceptor) => {
+                    tokio::spawn(crate::http::serve_tls(listener, router, acceptor, stopped))
+                }
+                None => tokio::spawn(crate::http::serve(listener, router, stopped)),
+            })
         }
         None => None,
     };
