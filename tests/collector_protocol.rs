@@ -300,3 +300,34 @@ fn the_same_deviation_on_several_hosts_is_one_finding() {
     let all = collector.cli_json(&["findings", "--min-hosts", "1"]);
     assert_eq!(all.as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn idle_agents_cannot_starve_an_agent_with_a_report() {
+    // More idle sessions than the collector has report slots (256).
+    const IDLE: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), &[]);
+    let url = collector.url();
+    runtime().block_on(async {
+        let mut idle = Vec::new();
+        for i in 0..IDLE {
+            let channel = sim::channel(&url).await;
+            idle.push(
+                Session::open(channel, 64 * MIB, sim::hello(&format!("idle-{i}")))
+                    .await
+                    .unwrap(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut busy = Session::open(sim::channel(&url).await, 64 * MIB, sim::hello("busy"))
+            .await
+            .unwrap();
+        busy.send(sim::report(1, 1, vec![sim::added(1)], Some((1, 10))))
+            .await;
+        tokio::time::timeout(Duration::from_secs(15), busy.wait_ack(1))
+            .await
+            .expect("the report was acknowledged while 300 agents sat idle")
+            .unwrap();
+        drop(idle);
+    });
+}

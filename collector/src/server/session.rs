@@ -28,6 +28,8 @@ use crate::{time, wire};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Reports queued for commit per session before reading slows down.
 const IN_FLIGHT: usize = 256;
+/// How long a session holds a report slot while its agent says nothing.
+const SLOT_IDLE: Duration = Duration::from_millis(50);
 
 /// The agent-facing service.
 #[derive(Debug, Clone)]
@@ -137,6 +139,13 @@ impl Session {
         }
     }
 
+    async fn reserve(&self) -> Result<crate::ingest::Slot, Status> {
+        self.writer
+            .reserve()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
     async fn read(
         &self,
         inbound: &mut Streaming<pb::AgentMessage>,
@@ -145,13 +154,20 @@ impl Session {
         let mut previous_seq = 0;
         loop {
             // A slot first: under load, sessions wait here with their data
-            // still in flow control rather than decoded in memory.
-            let slot = self
-                .writer
-                .reserve()
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            let Some(message) = inbound.message().await? else {
+            // still in flow control rather than decoded in memory. A session
+            // with nothing to say gives its slot back after SLOT_IDLE and
+            // waits without one (reading is cancel-safe: tonic keeps the
+            // buffered bytes in the stream), so thousands of idle agents
+            // cannot hold every slot while others have reports to store.
+            let slot = self.reserve().await?;
+            let (message, slot) = match tokio::time::timeout(SLOT_IDLE, inbound.message()).await {
+                Ok(message) => (message?, Some(slot)),
+                Err(_) => {
+                    drop(slot);
+                    (inbound.message().await?, None)
+                }
+            };
+            let Some(message) = message else {
                 return Ok(());
             };
             match message.body {
@@ -179,6 +195,10 @@ impl Session {
                     })?;
                     let changes = report.changes.len();
                     drop(report);
+                    let slot = match slot {
+                        Some(slot) => slot,
+                        None => self.reserve().await?,
+                    };
                     let pending = self
                         .writer
                         .submit_in(Write::Report(write), Some(slot))
