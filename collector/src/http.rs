@@ -398,7 +398,11 @@ pub async fn serve_tls(
                 return;
             };
             let service = hyper_util::service::TowerToHyperService::new(router);
+            // Reads are open, so a client that trickles its headers must
+            // not hold a connection (and a descriptor) for ever.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await;
         });

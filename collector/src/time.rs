@@ -11,7 +11,8 @@ pub fn now() -> i64 {
 
 /// RFC 3339 in UTC, or `-` for "never" (0 or before the epoch).
 pub fn utc(secs: i64) -> String {
-    if secs <= 0 {
+    // humantime cannot show years past 9999; such a time is not real.
+    if secs <= 0 || secs >= 253_402_300_800 {
         return "-".into();
     }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs as u64)).to_string()

@@ -97,7 +97,8 @@ pub fn session_open(hello: &pb::Hello, at: i64) -> Result<SessionOpen, Invalid> 
         image_version: hello.image_version.clone(),
         manifest_digest: hello.manifest_digest.clone(),
         boot_time: hello.boot_time_unix,
-        image_build_time: hello.image_build_time_unix.max(0),
+        // A build time in the future is a lie or a broken clock.
+        image_build_time: hello.image_build_time_unix.clamp(0, at + 86_400),
         agent_version: hello.agent_version.clone(),
         state_epoch: hello.state_epoch,
         at,
@@ -115,8 +116,19 @@ pub fn report_write(
     at: i64,
 ) -> Result<ReportWrite, Invalid> {
     let host_id = host.host_id.as_str();
-    if report.seq == 0 {
-        return invalid("report seq must be at least 1");
+    // Sequence numbers and counts go into signed 64-bit columns.
+    const MAX: u64 = i64::MAX as u64;
+    if report.seq == 0 || report.seq > MAX {
+        return invalid(format!("report seq must be 1 to {MAX}"));
+    }
+    if report.scan_id > MAX {
+        return invalid(format!("report {}: scan_id above {MAX}", report.seq));
+    }
+    if report.dropped_reports >= report.seq {
+        return invalid(format!(
+            "report {} says {} reports were dropped before it",
+            report.seq, report.dropped_reports
+        ));
     }
     if report.changes.len() > limits.max_changes_per_report {
         return invalid(format!(
@@ -171,6 +183,9 @@ pub fn report_write(
     let scan_end = match &report.scan_end {
         None => None,
         Some(end) => {
+            if end.observed_items > MAX || end.not_verified > MAX {
+                return invalid(format!("report {}: item counts above {MAX}", report.seq));
+            }
             if end.deviating_items > end.observed_items {
                 return invalid(format!(
                     "report {}: {} deviating items out of {} observed",
@@ -318,7 +333,7 @@ pub fn image_record(r: &pb::RegisterImageRequest, at: i64) -> Result<ImageRecord
         image_id: r.image_id.clone(),
         image_version: r.image_version.clone(),
         source_commit: r.source_commit.clone(),
-        build_time: r.build_time_unix.max(0),
+        build_time: r.build_time_unix.clamp(0, at + 86_400),
         entries: r.entries,
         files: r.files,
         packages: r.packages,

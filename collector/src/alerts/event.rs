@@ -222,7 +222,8 @@ pub fn parse_body(body: &[u8]) -> Result<AlertEvent, serde_json::Error> {
 
 /// RFC 3339 UTC with seconds; times before the epoch show as the epoch.
 pub fn rfc3339(unix_secs: i64) -> String {
-    let secs = u64::try_from(unix_secs).unwrap_or(0);
+    // humantime cannot show years past 9999.
+    let secs = unix_secs.clamp(0, 253_402_300_799) as u64;
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 

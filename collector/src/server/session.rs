@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
-use crate::ingest::{Pending, Writer};
+use crate::ingest::{Pending, SessionFate, Writer};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::query::{Connected, Connections};
@@ -96,6 +96,7 @@ impl AgentService for Sessions {
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
         let session = Session {
+            fate: SessionFate::default(),
             connected: self.connections.connect(&host_id),
             host_id,
             identity,
@@ -111,6 +112,8 @@ impl AgentService for Sessions {
 
 struct Session {
     host_id: String,
+    /// Fails this session's later reports once one could not be stored.
+    fate: SessionFate,
     /// What the agent said in its Hello, for alert bodies.
     identity: SessionOpen,
     notifier: Arc<Notifier>,
@@ -201,7 +204,7 @@ impl Session {
                     };
                     let pending = self
                         .writer
-                        .submit_in(Write::Report(write), Some(slot))
+                        .submit_in(Write::Report(write), Some(slot), Some(&self.fate))
                         .await
                         .map_err(|e| Status::unavailable(e.to_string()))?;
                     if acks.send((previous_seq, changes, pending)).await.is_err() {
@@ -247,9 +250,9 @@ async fn acknowledge(
                     body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })),
                 })
             }
-            Ok(_) => Ok(pb::CollectorMessage {
-                body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })),
-            }),
+            Ok(other) => Err(Status::internal(format!(
+                "report {seq}: the store answered {other:?}"
+            ))),
             Err(e) => Err(Status::unavailable(format!(
                 "report {seq} was not stored ({e}); replay it"
             ))),

@@ -731,8 +731,8 @@ fn apply_report(tx: &rusqlite::Transaction<'_>, r: &ReportWrite) -> rusqlite::Re
                  last_changed = excluded.last_changed, scan_id = excluded.scan_id,
                  severity = excluded.severity, fingerprint = excluded.fingerprint",
         )?;
-        let mut exists =
-            tx.prepare_cached("SELECT 1 FROM deviations WHERE host_id = ?1 AND key = ?2")?;
+        let mut previous_body =
+            tx.prepare_cached("SELECT body FROM deviations WHERE host_id = ?1 AND key = ?2")?;
         let mut queue_alert = tx.prepare_cached(
             "INSERT OR IGNORE INTO alert_outbox (sink, alert_id, body, created, next_attempt)
              VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -742,14 +742,22 @@ fn apply_report(tx: &rusqlite::Transaction<'_>, r: &ReportWrite) -> rusqlite::Re
         for change in &r.changes {
             match change.change {
                 Change::New | Change::Changed => {
-                    // One alert per new deviation: a snapshot re-sending a
-                    // deviation the host already has is not news.
-                    let alert = match &change.alert {
-                        Some(alert) if !alert.sinks.is_empty() => {
-                            (!exists.exists(params![r.host_id, change.key])?).then_some(alert)
-                        }
-                        _ => None,
+                    // What the host had before, looked up only when it
+                    // matters: one alert per new deviation (a snapshot
+                    // re-sending a deviation the host already has is not
+                    // news), and a critical flag raised again only by a
+                    // deviation that is new or changed.
+                    let wants_alert = change.alert.as_ref().is_some_and(|a| !a.sinks.is_empty());
+                    let previous: Option<Vec<u8>> = if wants_alert || change.critical.is_some() {
+                        previous_body
+                            .query_row(params![r.host_id, change.key], |row| row.get(0))
+                            .optional()?
+                    } else {
+                        None
                     };
+                    let is_new = previous.is_none();
+                    let is_news = previous.as_deref() != Some(change.body.as_slice());
+                    let alert = change.alert.as_ref().filter(|_| wants_alert && is_new);
                     upsert.execute(params![
                         r.host_id,
                         change.key,
@@ -766,7 +774,9 @@ fn apply_report(tx: &rusqlite::Transaction<'_>, r: &ReportWrite) -> rusqlite::Re
                             queue_alert.execute(params![sink, alert.id, alert.body, r.at])?;
                         }
                     }
-                    if let Some(reason) = &change.critical {
+                    if let Some(reason) = &change.critical
+                        && is_news
+                    {
                         raise_flag(tx, &r.host_id, "critical_change", reason, r.at)?;
                     }
                 }
@@ -807,9 +817,15 @@ fn apply_report(tx: &rusqlite::Transaction<'_>, r: &ReportWrite) -> rusqlite::Re
     }
     tx.prepare_cached(
         "UPDATE hosts SET last_seq = ?2, last_seen = MAX(last_seen, ?3),
-             dropped_reports = dropped_reports + ?4 WHERE host_id = ?1",
+             dropped_reports = MIN(dropped_reports + ?4, 9223372036854775807)
+             WHERE host_id = ?1",
     )?
-    .execute(params![r.host_id, r.seq as i64, r.at, dropped as i64])?;
+    .execute(params![
+        r.host_id,
+        r.seq as i64,
+        r.at,
+        dropped.min(i64::MAX as u64) as i64
+    ])?;
     Ok(Written::Report { applied: true })
 }
 
