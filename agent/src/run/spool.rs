@@ -104,6 +104,8 @@ pub enum SpoolError {
     DirNotOwned { path: PathBuf, owner: u32, me: u32 },
     #[error("another driftwatch agent is already using the state directory {0}")]
     Locked(PathBuf),
+    #[error("the collector says it applied report {0}, beyond any sequence this agent can use")]
+    ImplausibleWelcome(u64),
     #[error("{path}/{name}: {source}")]
     File {
         path: PathBuf,
@@ -664,6 +666,12 @@ impl Spool {
     /// The collector's Welcome: it has applied every report of this host up
     /// to wire seq `last_applied`.
     pub fn welcome(&mut self, last_applied: u64) -> Result<Welcomed, SpoolError> {
+        // The collector stores seqs as signed 64-bit numbers; anything above
+        // that is not a real answer, and the offset arithmetic below must
+        // not wrap on it.
+        if last_applied > i64::MAX as u64 {
+            return Err(SpoolError::ImplausibleWelcome(last_applied));
+        }
         let mut outcome = Welcomed::default();
         let mut next = self.state;
         let next_wire = self.wire(self.state.next_seq);
@@ -681,7 +689,10 @@ impl Spool {
             let first_wire = self.wire(first_unacked);
             if last_applied >= first_wire {
                 outcome.shifted_by = last_applied + 1 - first_wire;
-                next.seq_offset += outcome.shifted_by;
+                next.seq_offset = next
+                    .seq_offset
+                    .checked_add(outcome.shifted_by)
+                    .ok_or(SpoolError::ImplausibleWelcome(last_applied))?;
             }
             if self.state.synced {
                 // Whatever it holds came from someone else.
@@ -1386,6 +1397,20 @@ mod tests {
             matches!(refused, Err(SpoolError::DirIsSymlink(_))),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn an_implausible_welcome_is_refused_without_touching_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), u64::MAX).unwrap();
+        commit(&mut spool, 1, 1000);
+        assert!(matches!(
+            spool.welcome(u64::MAX),
+            Err(SpoolError::ImplausibleWelcome(u64::MAX))
+        ));
+        // A real collector afterwards: our report is still ours to send.
+        let w = spool.welcome(0).unwrap();
+        assert_eq!((w.shifted_by, w.removed), (0, 0));
     }
 
     #[test]
