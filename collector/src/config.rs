@@ -37,25 +37,16 @@ use driftwatch_proto::patterns::PathPatterns;
 use serde::Deserialize;
 
 use crate::access::Access;
-use crate::alerts::rules::DEFAULT_SECURITY_PATHS;
+use crate::alerts::rules::{DEFAULT_EXECUTABLE_PATHS, DEFAULT_SECURITY_PATHS};
 
-/// Where commands run from. These, the security paths the alert rules
-/// also treat as high ([`DEFAULT_SECURITY_PATHS`]: accounts, sudo, ssh,
-/// PAM, the loader, cron, systemd units) and any setuid, setgid or
-/// capability change anywhere flag a host at once, until it is retired:
-/// the places an intruder persists or escalates.
-pub const DEFAULT_CRITICAL_EXECUTABLE_PATHS: &[&str] = &[
-    "bin",
-    "sbin",
-    "usr/bin",
-    "usr/sbin",
-    "usr/local/bin",
-    "usr/local/sbin",
-];
-
-/// The default critical paths: executables and security configuration.
+/// The default critical paths: where commands run from
+/// ([`DEFAULT_EXECUTABLE_PATHS`]) and the security configuration the alert
+/// rules also treat as high ([`DEFAULT_SECURITY_PATHS`]: accounts, sudo,
+/// ssh, PAM, the loader, cron, systemd units). A deviation there, or any
+/// setuid, setgid or capability gain anywhere, flags a host at once until
+/// it is retired: the places an intruder persists or escalates.
 pub fn default_critical_paths() -> Vec<String> {
-    DEFAULT_CRITICAL_EXECUTABLE_PATHS
+    DEFAULT_EXECUTABLE_PATHS
         .iter()
         .chain(DEFAULT_SECURITY_PATHS)
         .map(|s| s.to_string())

@@ -174,6 +174,18 @@ struct ClientArgs {
     tls: TlsArgs,
 }
 
+impl ClientArgs {
+    /// The fleet service at `--server`, with the TLS flags given.
+    async fn connect(
+        &self,
+    ) -> Result<
+        pb::fleet_service_client::FleetServiceClient<tonic::transport::Channel>,
+        client::ConnectError,
+    > {
+        client::fleet(&self.server, &self.tls.files()).await
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
     Table,
@@ -252,7 +264,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             Ok(String::new())
         }
         Command::Hosts(c) => {
-            let hosts = client::fleet(&c.server, &c.tls.files())
+            let hosts = c
+                .connect()
                 .await?
                 .list_hosts(pb::ListHostsRequest {})
                 .await
@@ -270,7 +283,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             limit,
             client: c,
         } => {
-            let report = client::fleet(&c.server, &c.tls.files())
+            let report = c
+                .connect()
                 .await?
                 .get_host(pb::GetHostRequest {
                     host_id,
@@ -285,7 +299,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             })
         }
         Command::Replacements(c) => {
-            let hosts = client::fleet(&c.server, &c.tls.files())
+            let hosts = c
+                .connect()
                 .await?
                 .list_replacements(pb::ListReplacementsRequest {})
                 .await
@@ -299,7 +314,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             })
         }
         Command::Ack { host_id, client: c } => {
-            let host = client::fleet(&c.server, &c.tls.files())
+            let host = c
+                .connect()
                 .await?
                 .acknowledge_host(pb::HostRequest { host_id })
                 .await
@@ -308,7 +324,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             Ok(host_line(&host, "acknowledged", c.format))
         }
         Command::Retire { host_id, client: c } => {
-            let host = client::fleet(&c.server, &c.tls.files())
+            let host = c
+                .connect()
                 .await?
                 .retire_host(pb::HostRequest { host_id })
                 .await
@@ -324,7 +341,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
                 },
         } => {
             let request = registration(&manifest)?;
-            let image = client::fleet(&c.server, &c.tls.files())
+            let image = c
+                .connect()
                 .await?
                 .register_image(request)
                 .await
@@ -343,7 +361,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
         Command::Images {
             command: ImagesCommand::List(c),
         } => {
-            let images = client::fleet(&c.server, &c.tls.files())
+            let images = c
+                .connect()
                 .await?
                 .list_images(pb::ListImagesRequest {})
                 .await
@@ -358,7 +377,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             })
         }
         Command::Queue(c) => {
-            let queue = client::fleet(&c.server, &c.tls.files())
+            let queue = c
+                .connect()
                 .await?
                 .get_queue(pb::GetQueueRequest {})
                 .await
@@ -377,7 +397,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             })
         }
         Command::Take { by, client: c } => {
-            let taken = client::fleet(&c.server, &c.tls.files())
+            let taken = c
+                .connect()
                 .await?
                 .take_next(pb::TakeNextRequest { by })
                 .await
@@ -399,7 +420,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             by,
             client: c,
         } => {
-            let host = client::fleet(&c.server, &c.tls.files())
+            let host = c
+                .connect()
                 .await?
                 .drain_host(pb::DrainHostRequest { host_id, by })
                 .await
@@ -408,7 +430,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             Ok(host_line(&host, "draining", c.format))
         }
         Command::Release { host_id, client: c } => {
-            let host = client::fleet(&c.server, &c.tls.files())
+            let host = c
+                .connect()
                 .await?
                 .release_host(pb::HostRequest { host_id })
                 .await
@@ -420,7 +443,8 @@ async fn run(command: Command) -> anyhow::Result<String> {
             min_hosts,
             client: c,
         } => {
-            let findings = client::fleet(&c.server, &c.tls.files())
+            let findings = c
+                .connect()
                 .await?
                 .list_findings(pb::ListFindingsRequest { min_hosts })
                 .await

@@ -13,8 +13,9 @@
 
 use std::collections::HashMap;
 
-use driftwatch_proto::pb::v1::{Attrs, Deviation, deviation::Subject};
+use driftwatch_proto::pb::v1::{Deviation, deviation::Subject};
 
+use crate::alerts::rules::{PrivilegeGain, privilege_gained};
 use crate::config::ReplacementPolicy;
 use crate::store::{HostRecord, HostStatus, ImageRecord};
 use crate::time;
@@ -229,36 +230,32 @@ pub fn short_hex(bytes: &[u8]) -> String {
     hex[..hex.len().min(16)].to_string()
 }
 
-const SPECIAL_BITS: u32 = 0o6000;
-
 /// Why a new or changed deviation flags its host at once, if it does.
 pub fn critical(policy: &ReplacementPolicy, deviation: &Deviation) -> Option<String> {
     let path = match &deviation.subject {
         Some(Subject::Path(path)) => path,
         _ => return None,
     };
-    let shown = crate::wire::display_path(path);
-    let expected = deviation.expected.as_ref();
-    let actual = deviation.actual.as_ref();
-    let special = |a: Option<&Attrs>| a.and_then(|a| a.mode).map_or(0, |m| m & SPECIAL_BITS);
-    let gained = special(actual) & !special(expected);
-    if gained != 0 {
-        let what = match gained {
-            0o4000 => "setuid",
-            0o2000 => "setgid",
-            _ => "setuid and setgid",
-        };
-        return Some(format!("{what} bit set on {shown}"));
+    // The path is shown only in the (rare) message, not built per change.
+    let shown = || crate::wire::display_path(path);
+    match privilege_gained(deviation) {
+        Some(PrivilegeGain::SetId(bits)) => {
+            let what = match bits {
+                0o4000 => "setuid",
+                0o2000 => "setgid",
+                _ => "setuid and setgid",
+            };
+            return Some(format!("{what} bit set on {}", shown()));
+        }
+        Some(PrivilegeGain::Capability) => {
+            return Some(format!("file capabilities changed on {}", shown()));
+        }
+        None => {}
     }
-    let capability = |a: Option<&Attrs>| a.and_then(|a| a.capability.clone());
-    let (before, after) = (capability(expected), capability(actual));
-    if after.as_deref().is_some_and(|c| c != "none") && before != after {
-        return Some(format!("file capabilities changed on {shown}"));
-    }
-    if policy.critical_paths.matches(path) {
-        return Some(format!("{} under a critical path: {shown}", deviation.kind));
-    }
-    None
+    policy
+        .critical_paths
+        .matches(path)
+        .then(|| format!("{} under a critical path: {}", deviation.kind, shown()))
 }
 
 #[cfg(test)]
@@ -266,6 +263,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::store::StickyFlag;
+    use driftwatch_proto::pb::v1::Attrs;
 
     fn host() -> HostRecord {
         HostRecord {

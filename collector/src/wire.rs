@@ -31,15 +31,6 @@ fn invalid<T>(message: impl Into<String>) -> Result<T, Invalid> {
 pub const MAX_ID: usize = 255;
 const MAX_TEXT: usize = 4096;
 const MAX_PATH: usize = 4096;
-pub const DEVIATION_KINDS: &[&str] = &[
-    "added",
-    "removed",
-    "modified",
-    "metadata",
-    "package_added",
-    "package_removed",
-    "package_changed",
-];
 
 /// A host id: 1 to 255 printable ASCII characters without spaces, so it
 /// is safe in URLs, logs and terminals.
@@ -171,7 +162,7 @@ pub fn report_write(
         };
         changes.push(ChangeWrite {
             change,
-            fingerprint: fingerprint(deviation),
+            fingerprint: fingerprint(&key, deviation),
             key,
             kind: deviation.kind.clone(),
             body: deviation.encode_to_vec(),
@@ -230,11 +221,11 @@ fn alert_id(host_id: &str, key: &[u8], seq: u64) -> String {
     hasher.finalize().to_hex()[..32].to_string()
 }
 
-/// Kind, subject and actual value: the same on every host with the same
-/// deviation (a hot-fix applied by hand fleet-wide), different otherwise.
-pub fn fingerprint(d: &pb::Deviation) -> Vec<u8> {
+/// Kind and subject (`key`, from [`deviation_key`]) and actual value: the
+/// same on every host with the same deviation (a hot-fix applied by hand fleet-wide), different otherwise.
+pub fn fingerprint(key: &[u8], d: &pb::Deviation) -> Vec<u8> {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(&deviation_key(d));
+    hasher.update(key);
     hasher.update(&[0]);
     if let Some(actual) = &d.actual {
         hasher.update(&actual.encode_to_vec());
@@ -243,7 +234,7 @@ pub fn fingerprint(d: &pb::Deviation) -> Vec<u8> {
 }
 
 fn check_deviation(d: &pb::Deviation) -> Result<(), Invalid> {
-    if !DEVIATION_KINDS.contains(&d.kind.as_str()) {
+    if crate::alerts::Kind::parse(&d.kind).is_none() {
         return invalid(format!(
             "unknown deviation kind {:?}",
             d.kind.chars().take(64).collect::<String>()

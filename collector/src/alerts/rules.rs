@@ -139,20 +139,20 @@ pub struct RuleConfig {
     pub severity: Severity,
 }
 
-/// Binaries and libraries: a change here runs as someone's code.
-pub const DEFAULT_BINARY_PATHS: &[&str] = &[
+/// Where commands run from: a change here runs as someone's code. The
+/// collector's default critical paths start from the same list.
+pub const DEFAULT_EXECUTABLE_PATHS: &[&str] = &[
     "bin",
     "sbin",
     "usr/bin",
     "usr/sbin",
     "usr/local/bin",
     "usr/local/sbin",
-    "lib",
-    "lib64",
-    "usr/lib",
-    "usr/lib64",
-    "usr/local/lib",
 ];
+
+/// Shared libraries: loaded into someone's code.
+pub const DEFAULT_LIBRARY_PATHS: &[&str] =
+    &["lib", "lib64", "usr/lib", "usr/lib64", "usr/local/lib"];
 
 /// Where intruders persist or escalate: accounts, sudo, ssh, PAM, the
 /// loader, cron and systemd units.
@@ -180,7 +180,8 @@ pub const DEFAULT_MEDIUM_PATHS: &[&str] = &["etc", "opt", "srv"];
 /// the user's rules:
 /// 1. any setuid/setgid gained or file capability change: high;
 /// 2. any package change: high;
-/// 3. binaries and libraries ([`DEFAULT_BINARY_PATHS`]): high;
+/// 3. binaries and libraries ([`DEFAULT_EXECUTABLE_PATHS`],
+///    [`DEFAULT_LIBRARY_PATHS`]): high;
 /// 4. security configuration ([`DEFAULT_SECURITY_PATHS`]): high;
 /// 5. anything else under `etc`, `opt`, `srv`: medium;
 ///
@@ -205,7 +206,7 @@ pub fn default_rule_configs() -> Vec<RuleConfig> {
             severity: Severity::High,
         },
         RuleConfig {
-            paths: paths(DEFAULT_BINARY_PATHS),
+            paths: paths(&[DEFAULT_EXECUTABLE_PATHS, DEFAULT_LIBRARY_PATHS].concat()),
             kinds: None,
             privilege_gain: false,
             severity: Severity::High,
@@ -376,17 +377,33 @@ const SPECIAL_BITS: u32 = 0o6000;
 /// capabilities changed to something other than none: the same test the
 /// replacement policy uses for `critical_change`.
 pub fn privilege_gain(deviation: &Deviation) -> bool {
+    privilege_gained(deviation).is_some()
+}
+
+/// What privilege a deviation gives, for messages: the setuid/setgid bits
+/// gained, or a file capability set or changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrivilegeGain {
+    /// `0o4000`, `0o2000` or both.
+    SetId(u32),
+    Capability,
+}
+
+/// The one test for a privilege gain, shared by the alert rules and the
+/// collector's critical flags.
+pub fn privilege_gained(deviation: &Deviation) -> Option<PrivilegeGain> {
     let expected = deviation.expected.as_ref();
     let actual = deviation.actual.as_ref();
     let special = |a: Option<&Attrs>| a.and_then(|a| a.mode).map_or(0, |m| m & SPECIAL_BITS);
-    if special(actual) & !special(expected) != 0 {
-        return true;
+    let gained = special(actual) & !special(expected);
+    if gained != 0 {
+        return Some(PrivilegeGain::SetId(gained));
     }
     fn capability(a: Option<&Attrs>) -> Option<&str> {
         a.and_then(|a| a.capability.as_deref())
     }
     let (before, after) = (capability(expected), capability(actual));
-    after.is_some_and(|c| c != "none") && before != after
+    (after.is_some_and(|c| c != "none") && before != after).then_some(PrivilegeGain::Capability)
 }
 
 #[cfg(test)]

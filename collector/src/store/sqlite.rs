@@ -96,6 +96,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE hosts ADD COLUMN drained_by TEXT NOT NULL DEFAULT '';
     ALTER TABLE deviations ADD COLUMN severity TEXT NOT NULL DEFAULT 'low';
     ALTER TABLE deviations ADD COLUMN fingerprint BLOB NOT NULL DEFAULT x'';
+    -- Images count their hosts on every fleet query (to know which digests
+    -- are registered and how many hosts run each).
+    CREATE INDEX hosts_by_digest ON hosts (manifest_digest);
     CREATE TABLE alert_outbox (
         id            INTEGER PRIMARY KEY AUTOINCREMENT,
         sink          TEXT NOT NULL,
